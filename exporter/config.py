@@ -1,0 +1,67 @@
+"""The exporter's config: one frozen model, from YAML < INFERWATCH_* env < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from exporter.collectors.cuda_allocator import CudaAllocatorSettings
+from exporter.collectors.gpu import GpuSettings
+from exporter.collectors.llm import LlmSettings
+from exporter.logs import LogFormat, LogLevel
+from exporter.settings import FrozenModel, load_settings
+
+ENV_PREFIX = "INFERWATCH_"
+DEFAULT_LISTEN = "0.0.0.0:9835"
+
+
+class CollectorsConfig(FrozenModel):
+    """One section per collector; the key is the collector's name."""
+
+    gpu: GpuSettings = GpuSettings()
+    cuda_allocator: CudaAllocatorSettings = CudaAllocatorSettings()
+    llm: LlmSettings = LlmSettings()
+
+
+class ExporterConfig(FrozenModel):
+    listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT to serve /metrics on.")
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    simulate: str | None = Field(
+        None, description="Run against simulated GPUs and probe files (a scenario name)."
+    )
+    proc_root: str = Field("/proc", description="Where to read /proc/<pid>/cgroup (host /proc).")
+    collectors: CollectorsConfig = CollectorsConfig()
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9835")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def enabled_collectors(self) -> dict[str, Any]:
+        """Settings of the enabled collectors, by name."""
+        sections = {name: getattr(self.collectors, name) for name in type(self.collectors).model_fields}
+        return {name: s for name, s in sections.items() if s.enabled}
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    flags: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> ExporterConfig:
+    """Raise exporter.settings.ConfigError with a path-qualified message on bad input."""
+    return load_settings(ExporterConfig, path, env_prefix=ENV_PREFIX, flags=flags, environ=environ)
