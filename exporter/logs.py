@@ -1,4 +1,4 @@
-"""Logging set-up shared by both services: plain text by default, one JSON object a line if asked."""
+"""Logging for both services: plain text by default, one JSON object a line if asked."""
 
 from __future__ import annotations
 

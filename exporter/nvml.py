@@ -51,6 +51,6 @@ class Nvml:
         if self._initialized and (self._pending is None or self._pending.done()):
             try:
                 self._executor.submit(pynvml.nvmlShutdown).result(timeout=2)
-            except Exception as exc:  # noqa: BLE001 - shutdown is best effort
+            except Exception as exc:
                 log.debug("nvmlShutdown failed: %s", exc)
         self._executor.shutdown(wait=False, cancel_futures=True)

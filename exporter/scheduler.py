@@ -76,5 +76,5 @@ class Scheduler:
         for collector in self.collectors:
             try:
                 await collector.close()
-            except Exception as exc:  # noqa: BLE001 - shutdown continues
+            except Exception as exc:
                 log.warning("collector %s: close failed: %s", collector.name, exc)

@@ -103,7 +103,9 @@ class SnapshotStore:
     def _encode(self, openmetrics: bool) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_FamiliesCollector(self.families()))  # type: ignore[arg-type]
-        return generate_openmetrics(registry) if openmetrics else generate_latest(registry)
+        encode = generate_openmetrics if openmetrics else generate_latest
+        body: bytes = encode(registry)  # type: ignore[no-untyped-call]
+        return body
 
     def _self_metrics(self) -> list[Metric]:
         prefix = f"{NAMESPACE}_exporter"

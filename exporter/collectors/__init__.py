@@ -15,4 +15,6 @@ __all__ = ["COLLECTORS", "build_collectors", "cuda_allocator", "gpu", "llm"]
 
 def build_collectors(cfg: ExporterConfig, context: CollectorContext) -> list[Collector[Any]]:
     """Instantiate the enabled collectors, in config order."""
-    return [COLLECTORS[name](settings, context) for name, settings in cfg.enabled_collectors().items()]
+    return [
+        COLLECTORS[name](settings, context) for name, settings in cfg.enabled_collectors().items()
+    ]

@@ -58,7 +58,7 @@ class Collector(abc.ABC, Generic[S]):
     async def update(self) -> Sequence[Metric]:
         """Read the source and return fresh metric families. Raise on failure."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release what `update()` opened (threads, watches). Called once at shutdown."""
 
 

@@ -1,0 +1,124 @@
+"""The exporter core's promises: a failing or hung collector never breaks /metrics, its series are
+dropped and its success goes 0, and a scrape never triggers collection or rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collectors.base import Collector, CollectorContext, CollectorSettings
+from exporter.scheduler import Scheduler, refresh_once
+from exporter.snapshot import SnapshotStore
+
+CONTEXT = CollectorContext(http=None, nvml=None)  # type: ignore[arg-type]  # unused by these
+
+
+class Scripted(Collector[CollectorSettings]):
+    """Replays a script: a number (gauge value), "raise", or "hang"."""
+
+    def __init__(self, name: str, script: list[Any], timeout: float = 0.2) -> None:
+        super().__init__(CollectorSettings(interval_seconds=0.01, timeout_seconds=timeout), CONTEXT)
+        self.name = name  # type: ignore[misc]
+        self.script = list(script)
+        self.calls = 0
+
+    async def update(self) -> Sequence[Metric]:
+        step = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        if step == "raise":
+            raise RuntimeError("source broke")
+        if step == "hang":
+            await asyncio.sleep(3600)
+        family = GaugeMetricFamily(f"test_{self.name}_value", "A scripted value.")
+        family.add_metric([], float(step))
+        return [family]
+
+
+def samples(store: SnapshotStore) -> dict[str, float]:
+    text = store.exposition(openmetrics=False, gzipped=False).decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + "".join(f"{{{k}={v}}}" for k, v in sorted(s.labels.items()))
+            out[key] = s.value
+    return out
+
+
+async def test_failing_collector_drops_its_series_and_keeps_others() -> None:
+    good, bad = Scripted("good", [1]), Scripted("bad", [5, "raise"])
+    store = SnapshotStore(["good", "bad"])
+    for c in (good, bad, good, bad):
+        await refresh_once(c, store)
+    got = samples(store)
+    assert got["test_good_value"] == 1
+    assert "test_bad_value" not in got  # dropped, so Prometheus marks it stale
+    assert got["inferwatch_exporter_collector_success{collector=bad}"] == 0
+    assert got["inferwatch_exporter_collector_success{collector=good}"] == 1
+    assert got["inferwatch_exporter_collector_errors_total{collector=bad}"] == 1
+    assert got["inferwatch_exporter_collector_last_success_timestamp_seconds{collector=bad}"] > 0
+
+
+async def test_hung_collector_times_out_then_recovers() -> None:
+    hung = Scripted("hung", ["hang", 7], timeout=0.05)
+    store = SnapshotStore(["hung"])
+    assert not await refresh_once(hung, store)
+    assert samples(store)["inferwatch_exporter_collector_success{collector=hung}"] == 0
+    assert await refresh_once(hung, store)
+    got = samples(store)
+    assert got["test_hung_value"] == 7
+    assert got["inferwatch_exporter_collector_success{collector=hung}"] == 1
+
+
+async def test_background_loops_never_overlap_and_stop_cleanly() -> None:
+    """One run in flight: a slow collector is not re-entered; stop() cancels every loop."""
+    in_flight = 0
+    peak = 0
+
+    class Slow(Scripted):
+        async def update(self) -> Sequence[Metric]:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.03)
+            in_flight -= 1
+            return await super().update()
+
+    slow = Slow("slow", [3])
+    store = SnapshotStore(["slow"])
+    scheduler = Scheduler([slow], store)
+    scheduler.start()
+    await asyncio.sleep(0.2)
+    await scheduler.stop()
+    assert slow.calls >= 3
+    assert peak == 1
+    assert store.ready
+
+
+def test_scrapes_serve_cached_bytes_rendered_once_per_publish() -> None:
+    store = SnapshotStore(["x"])
+    assert not store.ready
+    renders = store.render_count
+    for _ in range(50):
+        store.exposition(openmetrics=False, gzipped=False)
+    assert store.render_count == renders  # scrapes never render
+    plain = store.exposition(openmetrics=False, gzipped=False)
+    assert gzip.decompress(store.exposition(openmetrics=False, gzipped=True)) == plain
+    om = store.exposition(openmetrics=True, gzipped=False).decode()
+    assert om.rstrip().endswith("# EOF")
+    assert "inferwatch_exporter_build_info" in om
+
+
+async def test_publish_rerenders_with_new_values() -> None:
+    c = Scripted("c", [1, 2])
+    store = SnapshotStore(["c"])
+    await refresh_once(c, store)
+    before = store.exposition(openmetrics=False, gzipped=True)
+    await refresh_once(c, store)
+    assert samples(store)["test_c_value"] == 2
+    assert store.exposition(openmetrics=False, gzipped=True) != before
+    assert store.ready
