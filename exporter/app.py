@@ -89,6 +89,7 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(cfg: ExporterConfig) -> web.Application:
     """Wire routes and resources; simulation (if asked) starts before any collector."""
     contexts: list[Any] = [http_ctx]
+    simulation = None
     if cfg.simulate:
         from exporter.simulate import Simulation
 
@@ -105,4 +106,6 @@ def create_app(cfg: ExporterConfig) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if simulation is not None:  # fault injection exists only in simulate mode
+        app.router.add_post("/-/simulate", simulation.handle)
     return app

@@ -1,19 +1,305 @@
-"""PLACEHOLDER: replaced by the llm collector work."""
+"""The `llm` collector: scrape inference engines and publish the normalized `inferwatch_llm_*`.
+
+Targets come from config, Prometheus file_sd files and (optionally) Kubernetes pods on this node.
+Every refresh fetches all targets concurrently, each under its own timeout (shorter than the
+collector's), so a hung engine costs at most that timeout and never fails the others: it gets
+`inferwatch_llm_up` 0 and its other series are dropped, the rest publish fresh data.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import aiohttp
 from prometheus_client.core import Metric
+from pydantic import Field, model_validator
 
-from exporter.collectors.base import Collector, CollectorSettings, register
+from exporter.collectors.base import Collector, CollectorContext, CollectorSettings, register
+from exporter.engines.canary import Canary
+from exporter.engines.kubernetes import PodWatcher
+from exporter.engines.normalize import Families, Group, Normalized, normalize_text
+from exporter.engines.parser import ParseError, reject_non_exposition
+from exporter.engines.registry import ENGINES, EngineNotDetected, detect_engine
+from exporter.engines.schema import (
+    DROPPED_SERIES,
+    HEALTHY,
+    PROBE_DURATION,
+    PROBE_SUCCESS,
+    PROBE_TTFT,
+    UP,
+    EngineInfo,
+)
+from exporter.engines.settings import CanarySettings, KubernetesSettings, TargetSettings
+from exporter.engines.targets import FileSD, Target, target_from_settings
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "text/plain;version=0.0.4;q=1,text/plain;q=0.5,*/*;q=0.1"
 
 
 class LlmSettings(CollectorSettings):
-    pass
+    targets: list[TargetSettings] = Field(default_factory=list)
+    file_sd: list[str] = Field(
+        default_factory=list, description="Prometheus file_sd JSON/YAML files, re-read on change."
+    )
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    target_timeout_seconds: float = Field(
+        3.0, gt=0, description="Per target; must be below timeout_seconds."
+    )
+    max_series_per_target: int = Field(5000, ge=1, description="Cardinality cap per target.")
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    info_refresh_seconds: float = Field(
+        300.0, gt=0, description="How often to re-read the engine's info endpoint."
+    )
+    canary: CanarySettings = CanarySettings()
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> LlmSettings:
+        if self.target_timeout_seconds >= self.timeout_seconds:
+            raise ValueError(
+                f"target_timeout_seconds ({self.target_timeout_seconds}) must be below "
+                f"timeout_seconds ({self.timeout_seconds})"
+            )
+        return self
+
+
+class ScrapeError(Exception):
+    """The target answered, but not with something we can use."""
+
+
+@dataclass
+class TargetState:
+    """What outlives one refresh for one target."""
+
+    target: Target
+    engine: str | None = None
+    info: EngineInfo = field(default_factory=EngineInfo)
+    info_fetched_at: float | None = None
+    models: list[str] = field(default_factory=list)
+    dropped: dict[str, float] = field(default_factory=lambda: {"cardinality": 0, "invalid": 0})
+    last_error: str | None = None
+    canary: Canary | None = None
+
+    @property
+    def model(self) -> str:
+        return self.target.model or self.info.model or (self.models[0] if self.models else "")
 
 
 @register("llm")
 class LlmCollector(Collector[LlmSettings]):
+    def __init__(self, settings: LlmSettings, context: CollectorContext) -> None:
+        super().__init__(settings, context)
+        self._static = [target_from_settings(t) for t in settings.targets]
+        self._file_sd = FileSD(settings.file_sd)
+        self._pods = PodWatcher(settings.kubernetes) if settings.kubernetes.enabled else None
+        self._states: dict[str, TargetState] = {}
+
+    def targets(self) -> list[Target]:
+        """Static, then file_sd, then Kubernetes; the first target with a name wins."""
+        found: dict[str, Target] = {}
+        if self._pods is not None:
+            self._pods.start()
+        pods = self._pods.targets() if self._pods else []
+        for target in [*self._static, *self._file_sd.targets(), *pods]:
+            found.setdefault(target.name, target)
+        return list(found.values())
+
     async def update(self) -> Sequence[Metric]:
-        return []
+        targets = self.targets()
+        await self._sync_states(targets)
+        states = [self._states[t.name] for t in targets]
+        results = await asyncio.gather(*(self._scrape(s) for s in states))
+        families = Families()
+        for groups in results:
+            families.add_all(groups)
+        return families.metrics()
+
+    async def close(self) -> None:
+        for state in self._states.values():
+            if state.canary is not None:
+                await state.canary.stop()
+        if self._pods is not None:
+            await self._pods.stop()
+
+    async def _sync_states(self, targets: list[Target]) -> None:
+        wanted = {t.name: t for t in targets}
+        for name in list(self._states):
+            state = self._states[name]
+            if wanted.get(name) != state.target:
+                if state.canary is not None:
+                    await state.canary.stop()
+                del self._states[name]
+        for name, target in wanted.items():
+            if name not in self._states:
+                self._states[name] = TargetState(target)
+
+    def _canary_settings(self, target: Target) -> CanarySettings:
+        return target.canary or self.settings.canary
+
+    def _ensure_canary(self, state: TargetState) -> None:
+        settings = self._canary_settings(state.target)
+        if settings.enabled and state.canary is None:
+            url = state.target.base_url + settings.path
+            state.canary = Canary(self.context.http, url, settings, state.model, state.target.name)
+            state.canary.start()
+        if state.canary is not None:
+            state.canary.model = state.model or None
+
+    async def _scrape(self, state: TargetState) -> list[Group]:
+        """Never raises; always returns at least the target's up/healthy series."""
+        target = state.target
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.target_timeout_seconds
+        hint = target.engine if target.engine != "auto" else (state.engine or "auto")
+        health = asyncio.create_task(self._healthy(target.health_for(hint)))
+        normalized: Normalized | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                normalized = await self._collect(state)
+        except TimeoutError:
+            error = f"no answer within {self.settings.target_timeout_seconds}s"
+        except (aiohttp.ClientError, OSError, ScrapeError, ParseError, EngineNotDetected) as exc:
+            error = str(exc) or type(exc).__name__
+        except Exception as exc:
+            log.exception("llm target %s: unexpected error", target.name)
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            async with asyncio.timeout_at(max(deadline, loop.time() + 0.05)):
+                healthy = await health
+        except TimeoutError:
+            healthy = False
+        finally:
+            health.cancel()
+        self._log_transition(state, error)
+        self._ensure_canary(state)
+        return self._groups(state, normalized, healthy)
+
+    async def _collect(self, state: TargetState) -> Normalized:
+        target = state.target
+        text = await self._fetch_metrics(target.metrics_url)
+        reject_non_exposition(text)
+        engine = target.engine
+        if engine == "auto":
+            detected = detect_engine(text)
+            if detected is None:
+                raise EngineNotDetected("no known LLM engine metrics in the response")
+            engine = detected
+        state.engine = engine
+        await self._refresh_info(state, engine)
+        result = normalize_text(
+            text,
+            engine,
+            target=target.name,
+            info=state.info,
+            model=target.model,
+            extra_labels=target.labels,
+        )
+        state.models = [m for m in result.models if m]
+        return result
+
+    async def _fetch_metrics(self, url: str) -> str:
+        async with self.context.http.get(url, headers={"Accept": ACCEPT}) as resp:
+            if resp.status != 200:
+                raise ScrapeError(f"HTTP {resp.status} from {url}")
+            if "html" in resp.headers.get("Content-Type", ""):
+                raise ParseError(f"{url} answered with HTML, not a Prometheus exposition")
+            limit = self.settings.max_response_bytes
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise ScrapeError(f"response from {url} larger than {limit} bytes")
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
+
+    async def _healthy(self, url: str) -> bool:
+        try:
+            async with self.context.http.get(url) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError):
+            return False
+
+    async def _refresh_info(self, state: TargetState, engine: str) -> None:
+        """Model and version from the engine's info endpoint; failures keep what we had."""
+        now = time.monotonic()
+        due = state.info_fetched_at is None or (
+            now - state.info_fetched_at >= self.settings.info_refresh_seconds
+        )
+        url = state.target.info_for(engine)
+        if not due or url is None:
+            return
+        state.info_fetched_at = now
+        try:
+            async with self.context.http.get(url) as resp:
+                body: Any = await resp.json(content_type=None) if resp.status == 200 else None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            log.debug("llm target %s: info %s failed: %s", state.target.name, url, exc)
+            return
+        if body is not None:
+            state.info = ENGINES[engine].parse_info(body)
+
+    def _log_transition(self, state: TargetState, error: str | None) -> None:
+        if error is not None and error != state.last_error:
+            log.warning("llm target %s: down: %s", state.target.name, error)
+        elif error is None and state.last_error is not None:
+            log.info("llm target %s: up again", state.target.name)
+        state.last_error = error
+
+    def _groups(
+        self, state: TargetState, normalized: Normalized | None, healthy: bool
+    ) -> list[Group]:
+        target = state.target
+        engine = normalized.engine if normalized else (state.engine or target.engine)
+        labels = {"engine": engine, "model": state.model, "target": target.name, **target.labels}
+        groups = [
+            Group(UP, [(UP.key, labels, 1.0 if normalized else 0.0)]),
+            Group(HEALTHY, [(HEALTHY.key, labels, 1.0 if healthy else 0.0)]),
+        ]
+        if normalized is not None:
+            state.dropped["invalid"] += normalized.dropped
+            kept, dropped = cap_series(normalized.groups, self.settings.max_series_per_target)
+            if dropped and not state.dropped["cardinality"]:
+                log.warning(
+                    "llm target %s: %d series over the cap of %d dropped",
+                    target.name,
+                    dropped,
+                    self.settings.max_series_per_target,
+                )
+            state.dropped["cardinality"] += dropped
+            groups += normalized.status
+            groups += kept
+        for reason, count in state.dropped.items():
+            groups.append(
+                Group(DROPPED_SERIES, [(DROPPED_SERIES.key, {**labels, "reason": reason}, count)])
+            )
+        probe = state.canary.last if state.canary else None
+        if probe is not None:
+            groups.append(Group(PROBE_SUCCESS, [(PROBE_SUCCESS.key, labels, float(probe.success))]))
+            if probe.ttft_seconds is not None:
+                groups.append(Group(PROBE_TTFT, [(PROBE_TTFT.key, labels, probe.ttft_seconds)]))
+            if probe.duration_seconds is not None:
+                groups.append(
+                    Group(PROBE_DURATION, [(PROBE_DURATION.key, labels, probe.duration_seconds)])
+                )
+        return groups
+
+
+def cap_series(groups: list[Group], limit: int) -> tuple[list[Group], int]:
+    """Keep whole groups (a histogram is all or nothing) in catalog order up to `limit` series."""
+    kept: list[Group] = []
+    used = dropped = 0
+    for group in groups:
+        size = len(group.samples)
+        if used + size > limit:
+            dropped += size
+            continue
+        kept.append(group)
+        used += size
+    return kept, dropped

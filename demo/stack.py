@@ -1,0 +1,511 @@
+"""The whole loop on 127.0.0.1: config files, then Alertmanager, the remediator (which starts the
+engine replicas through its local backend), the exporter and Prometheus, stopped in reverse.
+
+Every process the demo starts, directly or through the remediator, is tracked by PID so that
+`Stack.stop()` can prove nothing is left behind (the e2e test checks the same list).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from demo import rules as demo_rules
+from demo import services
+from demo.replica import LIGHT_MODEL, MAIN_MODEL
+
+NODE = "demo-node"
+DEFAULT_PLAYBOOKS = demo_rules.REPO / "remediations" / "playbooks" / "default.yaml"
+DEPLOYMENT = "chat"
+
+
+_ACTIVE: list[Stack] = []  # stacks started and not yet stopped, for stop_all()
+
+
+def stop_all() -> None:
+    """Stop every stack still running (the demo's last line of defence on Ctrl-C or a crash)."""
+    for stack in list(_ACTIVE):
+        stack.stop()
+
+
+@dataclass(frozen=True)
+class Timings:
+    """The demo's clock. Production windows shrink through `demo.rules.compress`."""
+
+    scrape_interval: float = 1.0
+    eval_interval: float = 1.0
+    collector_interval: float = 1.0
+    cooldown_seconds: float = 30.0
+    group_wait: str = "1s"
+    group_interval: str = "2s"
+    request_timeout: float = 15.0
+    # `for:` durations where the compressed one would undercut a real duration on this machine:
+    # a starting llama-server does not answer /metrics for a few seconds (EngineDown must
+    # outlast that, as 5m outlasts a vLLM start), and CapacityExhausted must leave scale_up time
+    # to add a replica first (in production 30m of backlog vs 5m).
+    for_overrides: dict[str, str] = field(
+        default_factory=lambda: {
+            "InferwatchLLMEngineDown": "12s",
+            "InferwatchLLMCapacityExhausted": "20s",
+        }
+    )
+    # Thresholds scaled to the demo fleet (2 slots per replica, a handful of users): production
+    # defaults assume engines batching dozens of sequences. Set through the chart's
+    # `rules.alerts.<Name>.threshold`, the knob users have for exactly this.
+    alert_overrides: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {
+            "InferwatchLLMQueueBacklog": {"threshold": "0.25"},
+            "InferwatchLLMCapacityExhausted": {"threshold": "0.25"},
+        }
+    )
+    # Playbook parameters in seconds, shortened the same way as the rules' windows.
+    playbook_seconds: dict[str, float] = field(
+        default_factory=lambda: {
+            "quiet_period_seconds": 20,
+            "drain_timeout_seconds": 5,
+            "inflight_timeout_seconds": 5,
+            "ready_timeout_seconds": 60,
+            "eviction_timeout_seconds": 60,
+            "cooldown_seconds": 60,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The engine deployment the remediator's local backend runs."""
+
+    replicas: int = 2
+    min_replicas: int = 1
+    max_replicas: int = 4
+    gpus: tuple[str, ...] = ("0", "1")
+
+
+def free_port_block(size: int, start: int = 20000, stop: int = 60000) -> tuple[int, int]:
+    """A run of `size` consecutive ports on 127.0.0.1 that nothing listens on right now."""
+    base = start + secrets.randbelow((stop - start) // size) * size
+    for offset in range(0, stop - start, size):
+        low = start + (base - start + offset) % (stop - start - size)
+        ok = True
+        for port in range(low, low + size):
+            with socket.socket() as s:
+                try:
+                    s.bind((services.LOOPBACK, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return low, low + size - 1
+    raise RuntimeError(f"no {size} consecutive free ports on {services.LOOPBACK}")
+
+
+def _proc_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name in parentheses may contain spaces; fields after it are fixed.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    tree = _proc_children()
+    found: list[int] = []
+    stack = list(tree.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack += tree.get(child, [])
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def pid_alive(pid: int) -> bool:
+    """True for a running or stopped process; False for gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def is_engine(argv: list[str]) -> bool:
+    """A demo replica: the launcher before it execs, or llama-server after."""
+    return "demo.replica" in argv or (bool(argv) and Path(argv[0]).name == "llama-server")
+
+
+def engine_port(argv: list[str]) -> str | None:
+    if "--port" in argv and argv.index("--port") + 1 < len(argv):
+        return argv[argv.index("--port") + 1]
+    return argv[-1] if "demo.replica" in argv else None
+
+
+@dataclass(frozen=True)
+class Replica:
+    target: str  # host:port, the `target` label alerts carry
+    labels: dict[str, str]
+    serving: bool
+
+    @property
+    def port(self) -> int:
+        return int(self.target.rpartition(":")[2])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.target}"
+
+
+def read_file_sd(path: Path) -> list[tuple[str, dict[str, str]]]:
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        for target in entry.get("targets", []):
+            out.append((str(target), {str(k): str(v) for k, v in entry.get("labels", {}).items()}))
+    return out
+
+
+class Stack:
+    """Configs + processes of one demo run. `start()` blocks until everything is ready."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        timings: Timings | None = None,
+        fleet: Fleet | None = None,
+        simulate: str = "default",
+        say: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.workdir = workdir
+        self.timings = timings or Timings()
+        self.fleet = fleet or Fleet()
+        self.simulate = simulate
+        self.say = say
+        self.ports = {
+            name: services.free_port()
+            for name in ("prometheus", "alertmanager", "remediator", "exporter")
+        }
+        self.processes: list[services.ManagedProcess] = []
+        self.replica_pids: dict[int, list[str]] = {}  # every engine PID seen, with its argv
+        self.endpoint_file = workdir / "endpoints.json"
+        self.scrape_file = workdir / "scrape-targets.json"
+        self.token = secrets.token_urlsafe(24)
+        self.rule_overrides: dict[str, Any] = {}
+
+    # -- URLs ------------------------------------------------------------------------------
+    def url(self, name: str) -> str:
+        return f"http://{services.LOOPBACK}:{self.ports[name]}"
+
+    @property
+    def remediator(self) -> services.ManagedProcess | None:
+        return next((p for p in self.processes if p.name == "remediator"), None)
+
+    # -- config files ----------------------------------------------------------------------
+    def write_configs(self) -> None:
+        w = self.workdir
+        w.mkdir(parents=True, exist_ok=True)
+        t = self.timings
+        self.say("rendering the chart's PrometheusRule with demo timings (helm template)")
+        self.rule_overrides = demo_rules.build_rule_file(
+            w / "rules.yaml",
+            w / "helm",
+            eval_interval=f"{t.eval_interval:g}s",
+            for_overrides=t.for_overrides,
+            extra_alert_overrides=t.alert_overrides,
+        )
+        self.write_playbooks(w / "playbooks.yaml")
+        prom = {
+            "global": {
+                "scrape_interval": f"{t.scrape_interval:g}s",
+                "scrape_timeout": f"{t.scrape_interval:g}s",
+                "evaluation_interval": f"{t.eval_interval:g}s",
+            },
+            "rule_files": [str(w / "rules.yaml")],
+            "alerting": {
+                "alertmanagers": [
+                    {"static_configs": [{"targets": [f"127.0.0.1:{self.ports['alertmanager']}"]}]}
+                ]
+            },
+            "scrape_configs": [
+                {
+                    "job_name": "inferwatch-exporter",
+                    "honor_labels": True,
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{self.ports['exporter']}"],
+                            "labels": {"node": NODE},
+                        }
+                    ],
+                },
+                {
+                    "job_name": "inferwatch-remediator",
+                    "static_configs": [{"targets": [f"127.0.0.1:{self.ports['remediator']}"]}],
+                },
+            ],
+        }
+        (w / "prometheus.yml").write_text(yaml.safe_dump(prom, sort_keys=False))
+        (w / "token").write_text(self.token + "\n")
+        os.chmod(w / "token", 0o600)
+        am = {
+            "route": {
+                "receiver": "log-only",
+                "group_by": ["alertname"],
+                "group_wait": t.group_wait,
+                "group_interval": t.group_interval,
+                "repeat_interval": "1h",
+                "routes": [
+                    {
+                        "receiver": "remediator",
+                        "matchers": ['remediation=~".+"'],
+                        "group_by": [
+                            "alertname",
+                            "remediation",
+                            "namespace",
+                            "pod",
+                            "target",
+                            "node",
+                            "gpu",
+                        ],
+                        "group_wait": t.group_wait,
+                        "group_interval": t.group_interval,
+                        "repeat_interval": "1h",
+                    }
+                ],
+            },
+            "receivers": [
+                {"name": "log-only"},
+                {
+                    "name": "remediator",
+                    "webhook_configs": [
+                        {
+                            "url": f"{self.url('remediator')}/alerts",
+                            "send_resolved": True,
+                            "http_config": {
+                                "authorization": {"credentials_file": str(w / "token")}
+                            },
+                        }
+                    ],
+                },
+            ],
+        }
+        (w / "alertmanager.yml").write_text(yaml.safe_dump(am, sort_keys=False))
+        low, high = free_port_block(max(8, self.fleet.max_replicas * 2))
+        f = self.fleet
+        remediator = {
+            "listen": f"127.0.0.1:{self.ports['remediator']}",
+            "token_file": str(w / "token"),
+            "state": str(w / "remediator.db"),
+            "playbooks": str(w / "playbooks.yaml"),
+            "dry_run": False,
+            "log_level": "info",
+            "prometheus": {"url": self.url("prometheus")},
+            "guards": {"cooldown_seconds": t.cooldown_seconds},
+            "backend": "local",
+            "local": {
+                "host": services.LOOPBACK,
+                "port_range": [low, high],
+                "endpoint_file": str(self.endpoint_file),
+                "scrape_file": str(self.scrape_file),
+                "log_dir": str(w / "replicas"),
+                "deployments": [
+                    {
+                        "name": DEPLOYMENT,
+                        "command": [
+                            sys.executable,
+                            "-m",
+                            "demo.replica",
+                            "{model}",
+                            "{host}",
+                            "{port}",
+                        ],
+                        "model": MAIN_MODEL.name,
+                        "lighter_model": LIGHT_MODEL.name,
+                        "replicas": f.replicas,
+                        "min_replicas": f.min_replicas,
+                        "max_replicas": f.max_replicas,
+                        "gpus": list(f.gpus),
+                        "ready_timeout_seconds": 60,
+                        "stop_timeout_seconds": 5,
+                        "labels": {"engine": "llamacpp"},
+                    }
+                ],
+            },
+        }
+        (w / "remediator.yaml").write_text(yaml.safe_dump(remediator, sort_keys=False))
+        exporter = {
+            "log_level": "warning",
+            "collectors": {
+                "gpu": {"interval_seconds": t.collector_interval},
+                "cuda_allocator": {"interval_seconds": t.collector_interval},
+                "llm": {
+                    "interval_seconds": t.collector_interval,
+                    "timeout_seconds": max(0.5, t.collector_interval * 0.9),
+                    "target_timeout_seconds": max(0.3, t.collector_interval * 0.5),
+                    "file_sd": [str(self.scrape_file)],
+                },
+            },
+        }
+        (w / "exporter.yaml").write_text(yaml.safe_dump(exporter, sort_keys=False))
+
+    def write_playbooks(self, path: Path) -> None:
+        """The remediator's default playbooks with their waits shortened to the demo's clock."""
+        doc = yaml.safe_load(DEFAULT_PLAYBOOKS.read_text())
+        short = self.timings.playbook_seconds
+        for book in doc["playbooks"]:
+            params = book.get("params") or {}
+            for key in params:
+                if key in short:
+                    params[key] = short[key]
+            if "cooldown_seconds" in book:
+                book["cooldown_seconds"] = short["cooldown_seconds"]
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    # -- processes -------------------------------------------------------------------------
+    def _start(self, proc: services.ManagedProcess, timeout: float = 60.0) -> None:
+        self.processes.append(proc)
+        proc.start(ready_timeout=timeout)
+
+    def start(self) -> None:
+        _ACTIVE.append(self)
+        self.write_configs()
+        w = self.workdir
+        bin_dir = Path(sys.executable).parent
+        repo_env = {"PYTHONPATH": str(demo_rules.REPO)}
+        self.say("starting Alertmanager")
+        self._start(services.alertmanager(w / "alertmanager.yml", w, self.ports["alertmanager"]))
+        self.say(f"starting the remediator (local backend) with {self.fleet.replicas} replicas")
+        self._start(
+            services.ManagedProcess(
+                "remediator",
+                [str(bin_dir / "inferwatch-remediator"), "--config", str(w / "remediator.yaml")],
+                w / "remediator.log",
+                ready_url=f"{self.url('remediator')}/healthz",
+                env=repo_env,
+                cwd=demo_rules.REPO,
+            ),
+            timeout=120,
+        )
+        self.wait_replicas(self.fleet.replicas, timeout=120)
+        self.say(f"starting the exporter (--simulate {self.simulate})")
+        self._start(
+            services.ManagedProcess(
+                "exporter",
+                [
+                    str(bin_dir / "inferwatch-exporter"),
+                    "--config",
+                    str(w / "exporter.yaml"),
+                    "--listen",
+                    f"127.0.0.1:{self.ports['exporter']}",
+                    "--simulate",
+                    self.simulate,
+                ],
+                w / "exporter.log",
+                ready_url=f"{self.url('exporter')}/healthz",
+                env=repo_env,
+            )
+        )
+        self.say("starting Prometheus (its first scrape comes about 5 s after start)")
+        self._start(services.prometheus(w / "prometheus.yml", w, self.ports["prometheus"]))
+
+    def replicas(self) -> list[Replica]:
+        serving = {t for t, _ in read_file_sd(self.endpoint_file)}
+        seen = read_file_sd(self.scrape_file) or read_file_sd(self.endpoint_file)
+        return [Replica(t, labels, t in serving) for t, labels in seen]
+
+    def wait_replicas(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready = [r for r in self.replicas() if r.serving]
+            if len(ready) >= count and all(services.http_ok(f"{r.url}/health") for r in ready):
+                self.track_replicas()
+                return
+            rem = self.remediator
+            if rem is not None and not rem.alive():
+                raise RuntimeError(f"the remediator exited:\n{rem.tail()}")
+            time.sleep(0.2)
+        raise TimeoutError(f"{count} replicas not serving after {timeout}s:\n{self.replicas()}")
+
+    def track_replicas(self) -> None:
+        """Remember every engine process the remediator started (for cleanup and checks)."""
+        rem = self.remediator
+        if rem is None or rem.proc is None:
+            return
+        for pid in descendants(rem.pid):
+            if is_engine(argv := cmdline(pid)):
+                self.replica_pids[pid] = argv
+
+    def replica_pid(self, target: str) -> int | None:
+        """The engine PID serving `target` (host:port), from the remediator's children."""
+        port = target.rpartition(":")[2]
+        self.track_replicas()
+        for pid in self.replica_pids:
+            argv = cmdline(pid)
+            if pid_alive(pid) and is_engine(argv) and engine_port(argv) == port:
+                return pid
+        return None
+
+    def replica_models(self) -> dict[str, str]:
+        """Which model each running engine serves (its --alias), by port."""
+        self.track_replicas()
+        models = {}
+        for pid in self.replica_pids:
+            argv = cmdline(pid)
+            if pid_alive(pid) and "--alias" in argv and (port := engine_port(argv)):
+                models[port] = argv[argv.index("--alias") + 1]
+        return models
+
+    def all_pids(self) -> list[int]:
+        self.track_replicas()
+        pids = [p.pid for p in self.processes if p.proc is not None]
+        return pids + list(self.replica_pids)
+
+    def stop(self) -> None:
+        """Stop in reverse start order; then end any engine the remediator left behind."""
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+        self.track_replicas()
+        for proc in reversed(self.processes):
+            with contextlib.suppress(Exception):
+                proc.stop(timeout=10)
+        for pid in self.replica_pids:
+            # Only a process that still runs an engine (PIDs can be reused).
+            if pid_alive(pid) and is_engine(cmdline(pid)):
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Stack]:
+        try:
+            self.start()
+            yield self
+        finally:
+            self.stop()

@@ -1,0 +1,5 @@
+import sys
+
+from remediations.cli import main
+
+sys.exit(main())

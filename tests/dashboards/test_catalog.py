@@ -1,0 +1,47 @@
+"""The maintained catalog matches what the exporter really publishes (simulated GPUs)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from demo.services import LOOPBACK, ManagedProcess, free_port
+from tests.support.catalog import PUBLISHED
+
+# Families the simulated exporter publishes without engine targets or a remediator.
+SIMULATED_PREFIXES = ("inferwatch_gpu_", "inferwatch_cuda_allocator_", "inferwatch_exporter_")
+NAME = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", re.M)
+
+
+def scrape_until(url: str, prefixes: tuple[str, ...], timeout: float = 20.0) -> set[str]:
+    """Series names at url, once a series of every prefix is there (collectors run async)."""
+    deadline = time.monotonic() + timeout
+    names: set[str] = set()
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            text = resp.read().decode()
+        names = {m for m in NAME.findall(text) if not m.endswith("_created")}
+        if all(any(n.startswith(p) for n in names) for p in prefixes):
+            return names
+        time.sleep(0.5)
+    return names
+
+
+@pytest.mark.integration
+def test_catalog_matches_the_simulated_exporter(tmp_path: Path) -> None:
+    port = free_port()
+    argv = [sys.executable, "-m", "exporter", "--simulate", "default",
+            "--listen", f"{LOOPBACK}:{port}"]  # fmt: skip
+    with ManagedProcess(
+        "exporter", argv, tmp_path / "exporter.log", ready_url=f"http://{LOOPBACK}:{port}/metrics"
+    ):
+        names = scrape_until(f"http://{LOOPBACK}:{port}/metrics", SIMULATED_PREFIXES)
+    published = {n for n in names if n.startswith(SIMULATED_PREFIXES)}
+    expected = {n for n in PUBLISHED if n.startswith(SIMULATED_PREFIXES)}
+    assert published - expected == set(), "exported but missing from tests/support/catalog.py"
+    assert expected - published == set(), "in the catalog but not exported"
