@@ -596,7 +596,7 @@ def draw(
 @dataclass(frozen=True)
 class RunSettings:
     load_seconds: float = 75.0
-    max_requests: int = 150  # a safety bound; the load normally ends on time
+    max_requests: int = 200  # a safety bound; the load normally ends on time
     workers: int = 3  # one more than llama-server's 2 slots, so a request waits now and then
     production_windows: bool = False  # load rules/ as shipped instead of with short windows
     max_tokens: int = 24

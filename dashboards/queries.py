@@ -171,8 +171,12 @@ ecc_errors = (
 )
 ecc_uncorrected_10m = f"uuid:inferwatch_gpu_ecc_uncorrected_errors:increase10m{{{GPU}}}"
 xid_errors_10m = f"uuid_xid:inferwatch_gpu_xid_errors:increase10m{{{GPU}}}"
+XID_ERRORS = f"inferwatch_gpu_xid_errors_total{{{GPU}}}"
+# A (gpu, xid) series is born with its first event, which increase() cannot see (no earlier
+# sample): series born inside the range count their whole value, older ones their increase.
 xid_errors_in_range = (
-    f"sum(increase(inferwatch_gpu_xid_errors_total{{{GPU}}}[$__range])) or vector(0)"
+    f"(sum(increase({XID_ERRORS}[$__range]) and {XID_ERRORS} offset $__range) or vector(0))"
+    f" + (sum({XID_ERRORS} unless {XID_ERRORS} offset $__range) or vector(0))"
 )
 ecc_uncorrected_in_range = (
     f'sum(increase(inferwatch_gpu_ecc_errors_total{{{GPU}, type="uncorrected"}}[$__range]))'

@@ -44,18 +44,19 @@ def format_duration(seconds: float) -> str:
 
 
 # (production seconds, demo seconds); linear in between, flat beyond the ends. A day-old
-# baseline (`offset 1d`) becomes 30 s: the demo warms up that long before it injects a fault.
+# baseline (`offset 1d`) becomes 35 s: the demo warms up longer than that before it injects
+# a fault whose alert compares with the past.
 DEFAULT_TABLE: tuple[tuple[float, float], ...] = (
     (0, 0),
     (60, 4),
     (300, 6),
-    (900, 8),
-    (1800, 10),
-    (3600, 12),
-    (6 * 3600, 16),
-    (86400, 30),
-    (3 * 86400, 34),
-    (30 * 86400, 40),
+    (900, 10),
+    (1800, 15),
+    (3600, 17),
+    (6 * 3600, 22),
+    (86400, 35),
+    (3 * 86400, 40),
+    (30 * 86400, 45),
 )
 
 

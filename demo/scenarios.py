@@ -209,11 +209,11 @@ async def _degrade(run: ScenarioRun) -> None:
     if pid is None:
         raise RuntimeError(f"no engine process found for {target}")
     run.state.update(target=target, pid=pid)
-    run.tasks.append(asyncio.create_task(_duty_cycle(pid, 0.15, 0.1)))
+    run.tasks.append(asyncio.create_task(_duty_cycle(pid, 0.3, 0.1)))
     with contextlib.suppress(RuntimeError, aiohttp.ClientError):
         await run.simulate({"action": "fragmentation", "mode": "creep"})
     run.say(
-        f"slowing {target} (pid {pid}): stopped 60% of the time; allocator fragmentation creeps"
+        f"slowing {target} (pid {pid}): stopped 75% of the time; allocator fragmentation creeps"
     )
 
 
@@ -248,7 +248,7 @@ SLOW = Scenario(
     alert="InferwatchLLMLatencyDrift",
     action="restart",
     concurrency=3,
-    warmup=30.0,
+    warmup=55.0,  # the drift baseline is `offset 1d` -> 35 s back, over a 30m -> 15 s window
     inject=_degrade,
     recovered=_degrade_recovered,
     allowed_alerts=frozenset(

@@ -54,11 +54,14 @@ class Timings:
     # `for:` durations where the compressed one would undercut a real duration on this machine:
     # a starting llama-server does not answer /metrics for a few seconds (EngineDown must
     # outlast that, as 5m outlasts a vLLM start), and CapacityExhausted must leave scale_up time
-    # to add a replica first (in production 30m of backlog vs 5m).
+    # to add a replica first (in production 30m of backlog vs 5m). LatencyDrift compares with
+    # its own past (`offset 1d` -> 35 s): its `for` must stay a small part of that offset, as
+    # 30m is of 1d, or the baseline fills with degraded data before the alert fires.
     for_overrides: dict[str, str] = field(
         default_factory=lambda: {
+            "InferwatchLLMLatencyDrift": "4s",
             "InferwatchLLMEngineDown": "12s",
-            "InferwatchLLMCapacityExhausted": "20s",
+            "InferwatchLLMCapacityExhausted": "12s",
         }
     )
     # Thresholds scaled to the demo fleet (2 slots per replica, a handful of users): production

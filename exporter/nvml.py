@@ -1,8 +1,10 @@
 """The only places NVML runs: one worker thread for reads, one event thread for Xid events.
 
 Collectors hand the worker one function per refresh (`await nvml.run(fn)`), so a hung driver
-call blocks one job, not the event loop; while that job is still stuck, new jobs fail fast with
-NvmlBusyError instead of queueing behind it. Xid events arrive through `nvmlEventSetWait`, which
+call blocks one job, not the event loop. Jobs from different collectors queue behind each other
+as long as the running one is making progress; once a job has been running longer than
+`hung_after_seconds` (a hung driver call) or the queue is full, new jobs fail fast with
+NvmlBusyError instead of piling up behind it. Xid events arrive through `nvmlEventSetWait`, which
 blocks by design, so it gets its own thread (XidWatcher) that only waits and counts.
 """
 
@@ -13,6 +15,7 @@ import concurrent.futures
 import ctypes
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,24 +27,50 @@ T = TypeVar("T")
 
 
 class NvmlBusyError(RuntimeError):
-    """The previous NVML job has not returned yet (a hung driver call)."""
+    """The NVML worker is stuck in a driver call, or too many jobs wait for it."""
 
 
 class Nvml:
-    def __init__(self) -> None:
+    def __init__(self, hung_after_seconds: float = 5.0, max_queued: int = 4) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nvml")
-        self._pending: concurrent.futures.Future[Any] | None = None
+        self.hung_after_seconds = hung_after_seconds
+        self.max_queued = max_queued
+        self._queued = 0  # submitted and not finished, the running job included
+        self._running_since: float | None = None  # set on the worker thread
         self._initialized = False
         self._reinit = False
         self.generation = 0  # bumped by every successful nvmlInit; handles die with it
 
+    @property
+    def busy(self) -> bool:
+        """True while a job is stuck in the driver or the queue is full."""
+        started = self._running_since
+        hung = started is not None and time.monotonic() - started > self.hung_after_seconds
+        return hung or self._queued >= self.max_queued
+
+    @property
+    def idle(self) -> bool:
+        """No job running or waiting."""
+        return self._queued == 0
+
     async def run(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the NVML thread (after nvmlInit there); raise NvmlBusyError if stuck."""
-        if self._pending is not None and not self._pending.done():
-            raise NvmlBusyError("previous NVML call has not returned")
-        future = self._executor.submit(self._call, fn)
-        self._pending = future
+        """Run `fn` on the NVML thread (after nvmlInit there); NvmlBusyError if it is stuck."""
+        if self.busy:
+            raise NvmlBusyError("the NVML worker is stuck in a driver call")
+        self._queued += 1
+        future = self._executor.submit(self._timed, fn)
+        future.add_done_callback(self._finished)
         return await asyncio.wrap_future(future)
+
+    def _finished(self, _: concurrent.futures.Future[Any]) -> None:
+        self._queued -= 1
+
+    def _timed(self, fn: Callable[[], T]) -> T:
+        self._running_since = time.monotonic()
+        try:
+            return self._call(fn)
+        finally:
+            self._running_since = None
 
     def _call(self, fn: Callable[[], T]) -> T:
         if self._reinit and self._initialized:
@@ -62,7 +91,7 @@ class Nvml:
         self._reinit = True
 
     def close(self) -> None:
-        if self._initialized and (self._pending is None or self._pending.done()):
+        if self._initialized and not self.busy:
             try:
                 self._executor.submit(pynvml.nvmlShutdown).result(timeout=2)
             except Exception as exc:

@@ -30,13 +30,14 @@ async def refresh_once(collector: Collector[Any], store: SnapshotStore) -> bool:
         log.warning(
             "collector %s: refresh timed out after %ss", name, collector.settings.timeout_seconds
         )
-        store.publish(name, failed_snapshot(started))
+        await store.publish_async(name, failed_snapshot(started))
         return False
     except Exception as exc:
         log.warning("collector %s: refresh failed: %s", name, exc, exc_info=log.isEnabledFor(10))
-        store.publish(name, failed_snapshot(started))
+        await store.publish_async(name, failed_snapshot(started))
         return False
-    store.publish(name, Snapshot(tuple(families), True, time.monotonic() - started, time.time()))
+    snapshot = Snapshot(tuple(families), True, time.monotonic() - started, time.time())
+    await store.publish_async(name, snapshot)
     return True
 
 

@@ -1,35 +1,42 @@
 """Snapshots and the rendered exposition.
 
-Each collector publishes an immutable snapshot; after every publish the store renders the whole
-exposition once (plain text now; OpenMetrics and gzip on first request) and caches the bytes, so a
-scrape only picks a cached byte string. No NVML, HTTP or file I/O ever happens on the scrape path.
+Each collector publishes an immutable snapshot, encoded off the event loop. After every publish
+the store joins the collectors' encoded parts into the bodies of the formats scrapers asked for
+recently (text or OpenMetrics, plain or gzip), so a scrape only picks a cached byte string.
+No NVML, HTTP or file I/O, and no encoding, happens on the scrape path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter import NAMESPACE, __version__
+from exporter.exposition import OM_EOF, encode
 
 PLAIN_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
+Encoding = bool  # True: OpenMetrics, False: Prometheus text 0.0.4
+Format = tuple[Encoding, bool]  # (openmetrics, gzipped)
+WANTED_SECONDS = 600.0  # a format nobody scraped for this long is no longer built in advance
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """The result of one collector refresh."""
+    """The result of one collector refresh, with its families pre-encoded (by encoding)."""
 
     families: tuple[Metric, ...] = ()
     success: bool = False
     duration_seconds: float = 0.0
     finished_at: float = 0.0
+    encoded: dict[Encoding, bytes] = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -42,50 +49,63 @@ class CollectorStatus:
     last_success_timestamp: float = 0.0
 
 
-class _FamiliesCollector:
-    """Adapter so prometheus-client's own encoders render a fixed list of families."""
-
-    def __init__(self, families: Sequence[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
+def encode_snapshot(snapshot: Snapshot, encodings: Iterable[Encoding]) -> Snapshot:
+    """The same snapshot with its families encoded; run off the event loop (CPU work)."""
+    encoded = {e: encode(snapshot.families, e) for e in set(encodings)}
+    return replace(snapshot, encoded=encoded)
 
 
 class SnapshotStore:
+    """Per-collector encoded parts, joined into cached bodies for the formats scrapers want.
+
+    A scrape never encodes or compresses once its format has been asked for: every publish
+    rebuilds the bodies of the wanted formats (`publish_async` does the CPU work in a thread).
+    """
+
     def __init__(self, collectors: Iterable[str]) -> None:
         self.status: dict[str, CollectorStatus] = {name: CollectorStatus() for name in collectors}
-        self._cache: dict[tuple[bool, bool], bytes] = {}
+        self._asked: dict[Format, float] = {}  # format -> when a scrape last asked for it
+        self._bodies: dict[Format, bytes] = {}
+        self._generation = 0
         self.render_count = 0
-        self._render()
 
     @property
     def ready(self) -> bool:
         """True once every enabled collector has completed one refresh (success or not)."""
         return all(s.completed for s in self.status.values())
 
+    @property
+    def wanted(self) -> set[Format]:
+        """Formats a scrape asked for in the last WANTED_SECONDS: built at every publish."""
+        now = time.monotonic()
+        return {fmt for fmt, asked in self._asked.items() if now - asked < WANTED_SECONDS}
+
+    @property
+    def encodings(self) -> set[Encoding]:
+        return {openmetrics for openmetrics, _ in self.wanted}
+
     def publish(self, name: str, snapshot: Snapshot) -> None:
-        """Swap in a collector's new snapshot and re-render the exposition once."""
-        status = self.status[name]
-        status.snapshot = snapshot
-        status.completed = True
-        if snapshot.success:
-            status.last_success_timestamp = snapshot.finished_at
-        else:
-            status.errors_total += 1
-        self._render()
+        """Swap in a collector's new snapshot and rebuild the wanted bodies (synchronously)."""
+        generation = self._record(name, snapshot)
+        self._swap(generation, self._build(self._parts_for(self.wanted), self.wanted))
+
+    async def publish_async(self, name: str, snapshot: Snapshot) -> None:
+        """Like publish, with encoding and compression in a worker thread, off the event loop."""
+        wanted = set(self.wanted)
+        snapshot = await asyncio.to_thread(encode_snapshot, snapshot, self.encodings)
+        generation = self._record(name, snapshot)
+        parts = self._parts_for(wanted)
+        self._swap(generation, await asyncio.to_thread(self._build, parts, wanted))
 
     def exposition(self, *, openmetrics: bool, gzipped: bool) -> bytes:
-        """The cached bytes for a format; rendered at most once per publish."""
-        key = (openmetrics, gzipped)
-        body = self._cache.get(key)
+        """The cached body for a format; a format asked for the first time is built once here."""
+        fmt = (openmetrics, gzipped)
+        self._asked[fmt] = time.monotonic()
+        body = self._bodies.get(fmt)
         if body is None:
-            plain = self._cache.get((openmetrics, False))
-            if plain is None:
-                plain = self._encode(openmetrics)
-                self._cache[(openmetrics, False)] = plain
-            body = gzip.compress(plain, compresslevel=6, mtime=0) if gzipped else plain
-            self._cache[key] = body
+            built = self._build(self._parts_for({fmt}), {fmt})
+            self._bodies.update(built)
+            body = built[fmt]
         return body
 
     def families(self) -> list[Metric]:
@@ -96,16 +116,47 @@ class SnapshotStore:
         out.extend(self._self_metrics())
         return out
 
-    def _render(self) -> None:
-        self._cache = {(False, False): self._encode(False)}
-        self.render_count += 1
+    def _record(self, name: str, snapshot: Snapshot) -> int:
+        status = self.status[name]
+        status.snapshot = snapshot
+        status.completed = True
+        if snapshot.success:
+            status.last_success_timestamp = snapshot.finished_at
+        else:
+            status.errors_total += 1
+        self._generation += 1
+        return self._generation
 
-    def _encode(self, openmetrics: bool) -> bytes:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_FamiliesCollector(self.families()))  # type: ignore[arg-type]
-        encode = generate_openmetrics if openmetrics else generate_latest
-        body: bytes = encode(registry)  # type: ignore[no-untyped-call]
-        return body
+    def _parts_for(self, formats: Iterable[Format]) -> dict[Encoding, list[bytes]]:
+        """Each collector's encoded part (encoding it now if the refresh did not), then ours."""
+        parts: dict[Encoding, list[bytes]] = {}
+        for openmetrics in {f[0] for f in formats}:
+            out = parts.setdefault(openmetrics, [])
+            for status in self.status.values():
+                snap = status.snapshot
+                if openmetrics not in snap.encoded:
+                    status.snapshot = snap = encode_snapshot(snap, [openmetrics, *snap.encoded])
+                out.append(snap.encoded[openmetrics])
+            out.append(encode(self._self_metrics(), openmetrics))
+        return parts
+
+    @staticmethod
+    def _build(
+        parts: dict[Encoding, list[bytes]], formats: Iterable[Format]
+    ) -> dict[Format, bytes]:
+        bodies: dict[Format, bytes] = {}
+        for openmetrics, gzipped in formats:
+            plain = b"".join(parts[openmetrics]) + (OM_EOF if openmetrics else b"")
+            bodies[(openmetrics, gzipped)] = (
+                gzip.compress(plain, compresslevel=1, mtime=0) if gzipped else plain
+            )
+        return bodies
+
+    def _swap(self, generation: int, bodies: dict[Format, bytes]) -> None:
+        """Install freshly built bodies unless a newer publish already did."""
+        if generation == self._generation:
+            self._bodies = bodies
+            self.render_count += 1
 
     def _self_metrics(self) -> list[Metric]:
         prefix = f"{NAMESPACE}_exporter"

@@ -95,7 +95,7 @@ class Remediator:
                 entry.alertname,
             )
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self.cfg.workers)]
-        self._workers.append(asyncio.create_task(self._swap_back_loop()))
+        self._workers.append(asyncio.create_task(self._housekeeping()))
 
     async def stop(self, limit_s: float) -> None:
         """Stop taking alerts, let the queue drain for up to `limit_s`, then cancel the rest."""
@@ -115,6 +115,8 @@ class Remediator:
                 log.exception("unexpected error handling alert %s", alert.alertname)
             finally:
                 self.queue.task_done()
+            # A blocked alert never suspends; yield so the webhook keeps answering in ms.
+            await asyncio.sleep(0)
 
     # -- operator switches ------------------------------------------------------------------
 
@@ -334,6 +336,7 @@ class Remediator:
             result="blocked",
             reason=exc.reason,
             playbook=playbook.name,
+            deferred=True,
         )
         log.info("blocked %s on %s: %s", playbook.action, target, exc.reason)
 
@@ -382,9 +385,11 @@ class Remediator:
 
     # -- swap back --------------------------------------------------------------------------
 
-    async def _swap_back_loop(self, interval: float = 1.0) -> None:
+    async def _housekeeping(self, interval: float = 0.25) -> None:
+        """Flush deferred audit rows and swap models back when due."""
         while True:
             await asyncio.sleep(interval)
+            self.state.flush()
             for swap in self.state.swaps_due():
                 try:
                     await self._swap_back(swap)

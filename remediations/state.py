@@ -88,8 +88,10 @@ class State:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self._writes = 0
+        self._pending: list[tuple[object, ...]] = []
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
 
     @contextmanager
@@ -212,17 +214,45 @@ class State:
         reason: str,
         playbook: str = "",
         now: float | None = None,
+        deferred: bool = False,
     ) -> int:
+        """Append to the audit log. `deferred` rows (blocked alerts: no rate limit or claim
+        depends on them) are written in batches, so an alert storm costs one commit per batch
+        rather than one per alert; every read flushes them first. Returns the row id (0 when
+        deferred)."""
         now = time.time() if now is None else now
+        row = (now, alertname, fingerprint, action, target, result, reason, playbook)
+        if deferred:
+            self._pending.append(row)
+            if len(self._pending) >= 500:
+                self.flush()
+            return 0
+        self.flush()
         cur = self.db.execute(
             "INSERT INTO audit (time, alertname, fingerprint, action, target, result, reason,"
             " playbook) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (now, alertname, fingerprint, action, target, result, reason, playbook),
+            row,
         )
-        self._writes += 1
-        if self._writes % 500 == 0:
-            self._prune()
+        self._count_writes(1)
         return int(cur.lastrowid or 0)
+
+    def flush(self) -> None:
+        """Write deferred audit rows in one transaction."""
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO audit (time, alertname, fingerprint, action, target, result, reason,"
+                " playbook) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        self._count_writes(len(rows))
+
+    def _count_writes(self, n: int) -> None:
+        before, self._writes = self._writes, self._writes + n
+        if before // 500 != self._writes // 500:
+            self._prune()
 
     def finish(self, audit_id: int, result: str, reason: str) -> None:
         self.db.execute(
@@ -233,6 +263,7 @@ class State:
         return self._audit_rows("ORDER BY id DESC LIMIT ?", (limit,))
 
     def _audit_rows(self, tail: str, args: tuple[object, ...]) -> list[AuditEntry]:
+        self.flush()
         rows = self.db.execute(
             "SELECT id, time, alertname, fingerprint, action, target, result, reason, playbook "
             f"FROM audit {tail}",

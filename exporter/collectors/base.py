@@ -27,7 +27,9 @@ class CollectorSettings(FrozenModel):
     """What every collector has; each collector extends it with its own keys."""
 
     enabled: bool = True
-    interval_seconds: float = Field(5.0, gt=0, description="Seconds between refreshes.")
+    interval_seconds: float = Field(
+        15.0, gt=0, description="Seconds between refreshes (match your scrape interval)."
+    )
     timeout_seconds: float = Field(
         10.0, gt=0, description="A refresh taking longer is abandoned and counts as a failure."
     )

@@ -39,8 +39,6 @@ T = TypeVar("T")
 
 PREFIX = f"{NAMESPACE}_cuda_allocator"
 LABELS = ["uuid", "namespace", "pod", "container", "pool"]
-NVML_BUSY_RETRIES = 5
-NVML_BUSY_WAIT_SECONDS = 0.05
 
 GAUGE_HELP = {
     "reserved": "Bytes the caching allocator holds from the driver (segments).",
@@ -456,19 +454,17 @@ class CudaAllocatorCollector(Collector[CudaAllocatorSettings]):
             return fn(*args)
 
     async def _process_memory(self) -> ProcessMemory | None:
-        """NVML's per-process memory; the last good answer while the worker is busy."""
-        for _ in range(NVML_BUSY_RETRIES):
-            try:
-                self._memory = await self.context.nvml.run(read_process_memory)
-            except NvmlBusyError:
-                await asyncio.sleep(NVML_BUSY_WAIT_SECONDS)  # the gpu collector's job is running
-                continue
-            except pynvml.NVMLError as exc:
-                if not self._nvml_failed:
-                    log.info("no NVML per-process memory (outside_bytes not published): %s", exc)
-                    self._nvml_failed = True
-                self._memory = None
-                return None
-            self._nvml_failed = False
+        """NVML's per-process memory; the last good answer while the worker is stuck."""
+        try:
+            self._memory = await self.context.nvml.run(read_process_memory)
+        except NvmlBusyError:
             return self._memory
+        except pynvml.NVMLError as exc:
+            if not self._nvml_failed:
+                log.info("no NVML per-process memory (outside_bytes not published): %s", exc)
+                self._nvml_failed = True
+            self._memory = None
+            return None
+        self._nvml_failed = False
+        return self._memory
         return self._memory

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from prometheus_client.core import Metric
@@ -21,7 +21,6 @@ from pydantic import Field, model_validator
 
 from exporter.collectors.base import Collector, CollectorContext, CollectorSettings, register
 from exporter.engines.canary import Canary
-from exporter.engines.kubernetes import PodWatcher
 from exporter.engines.normalize import Families, Group, Normalized, normalize_text
 from exporter.engines.parser import ParseError, reject_non_exposition
 from exporter.engines.registry import ENGINES, EngineNotDetected, detect_engine
@@ -36,6 +35,9 @@ from exporter.engines.schema import (
 )
 from exporter.engines.settings import CanarySettings, KubernetesSettings, TargetSettings
 from exporter.engines.targets import FileSD, Target, target_from_settings
+
+if TYPE_CHECKING:
+    from exporter.engines.kubernetes import PodWatcher
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,12 @@ class LlmCollector(Collector[LlmSettings]):
         super().__init__(settings, context)
         self._static = [target_from_settings(t) for t in settings.targets]
         self._file_sd = FileSD(settings.file_sd)
-        self._pods = PodWatcher(settings.kubernetes) if settings.kubernetes.enabled else None
+        self._pods: PodWatcher | None = None
+        if settings.kubernetes.enabled:
+            # Imported only when used: kubernetes_asyncio costs ~45 MB of RSS.
+            from exporter.engines.kubernetes import PodWatcher
+
+            self._pods = PodWatcher(settings.kubernetes)
         self._states: dict[str, TargetState] = {}
 
     def targets(self) -> list[Target]:

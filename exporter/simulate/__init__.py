@@ -36,6 +36,7 @@ __all__ = ["SCENARIOS", "Simulation", "SimulationInputError"]
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
+PROBE_WRITE_SECONDS = 10.0  # the real probe's default stats interval
 FRAGMENTATION_MODES = ("healthy", "creep")
 IDLE_POWER_MW = 70_000
 
@@ -103,6 +104,7 @@ class Simulation:
         self._pending_events = sorted(scenario.events, key=lambda e: e[0])
         self._base_utilization = [g.utilization_gpu for g in scenario.gpus]
         self._probes: Any = None
+        self._probes_changed = False  # an injection changed them: write at the next tick
 
     @classmethod
     def from_name(cls, name: str) -> Simulation:
@@ -159,9 +161,13 @@ class Simulation:
                 shutil.rmtree(self.root, ignore_errors=True)
 
     async def _run(self) -> None:
+        written_at: float | None = None
         while True:
             self.tick()
-            if self._probes is not None:
+            due = written_at is None or self.elapsed - written_at >= PROBE_WRITE_SECONDS
+            if self._probes is not None and (due or self._probes_changed):
+                self._probes_changed = False
+                written_at = self.elapsed
                 await asyncio.to_thread(self._probes.write, self.elapsed)
             await asyncio.sleep(TICK_SECONDS)
 
@@ -207,6 +213,7 @@ class Simulation:
             self.fragmentation = mode
             if self._probes is not None:
                 self._probes.set_mode(mode)
+                self._probes_changed = True
         else:
             raise SimulationInputError(
                 "'action' must be one of xid, lose_gpu, restore_gpu, fragmentation"

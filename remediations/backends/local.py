@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ class Replica:
     port: int
     gpu: str | None
     model: str
-    process: asyncio.subprocess.Process | None = None
+    process: subprocess.Popen[bytes] | None = None
     serving: bool = False
     promote: asyncio.Task[bool] | None = field(default=None, repr=False)
 
@@ -57,7 +58,7 @@ class Replica:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
+        return self.process is not None and self.process.poll() is None
 
 
 class LocalBackend:
@@ -360,12 +361,14 @@ class LocalBackend:
         if replica.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = replica.gpu
         log_path = self.log_dir / f"{replica.name}.log"
+        # Plain Popen (vfork + exec, no child-watcher thread): starting a replica must not stall
+        # the event loop that answers the webhook. Exit is observed with poll().
         with log_path.open("ab") as out:
-            replica.process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+            replica.process = subprocess.Popen(  # noqa: ASYNC220 - returns at exec, never waits
+                argv,
+                stdin=subprocess.DEVNULL,
                 stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
@@ -399,17 +402,22 @@ class LocalBackend:
         if replica.promote is not None and not replica.promote.done():
             replica.promote.cancel()
         proc = replica.process
-        if proc is None or proc.returncode is not None:
+        if proc is None or proc.poll() is not None:
             return
-        timeout = self.deployments[replica.deployment].stop_timeout_seconds
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
+        polls = int(self.deployments[replica.deployment].stop_timeout_seconds / 0.05) + 1
+        for _ in range(polls):
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            for _ in range(100):  # bounded: SIGKILL takes effect at once
+                if proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
         log.info("stopped %s on %s", replica.name, replica.address)
 
     def _write_files(self) -> None:

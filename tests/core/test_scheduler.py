@@ -122,3 +122,20 @@ async def test_publish_rerenders_with_new_values() -> None:
     assert samples(store)["test_c_value"] == 2
     assert store.exposition(openmetrics=False, gzipped=True) != before
     assert store.ready
+
+
+async def test_formats_scrapers_ask_for_are_prebuilt_on_every_publish() -> None:
+    """After Prometheus asked once for gzipped OpenMetrics, publishes build it in advance."""
+    c = Scripted("c", [1, 2, 3])
+    store = SnapshotStore(["c"])
+    await refresh_once(c, store)
+    first = store.exposition(openmetrics=True, gzipped=True)  # first ask: built here, once
+    assert (True, True) in store.wanted
+    await refresh_once(c, store)
+    renders = store.render_count
+    body = store.exposition(openmetrics=True, gzipped=True)
+    assert store.render_count == renders  # served from the cache built at publish time
+    assert body != first
+    text = gzip.decompress(body).decode()
+    assert text.count("# EOF") == 1 and text.endswith("# EOF\n")
+    assert "test_c_value 2.0" in text

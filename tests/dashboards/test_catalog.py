@@ -18,15 +18,19 @@ SIMULATED_PREFIXES = ("inferwatch_gpu_", "inferwatch_cuda_allocator_", "inferwat
 NAME = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", re.M)
 
 
-def scrape_until(url: str, prefixes: tuple[str, ...], timeout: float = 20.0) -> set[str]:
-    """Series names at url, once a series of every prefix is there (collectors run async)."""
+def scrape_until(url: str, expected: set[str], timeout: float = 20.0) -> set[str]:
+    """Series names at url, once every expected name is there or at the timeout.
+
+    Collectors run asynchronously and some series appear only after an event (the simulated
+    GPU's initial Xid is read from NVML's event queue), so one early scrape is not enough.
+    """
     deadline = time.monotonic() + timeout
     names: set[str] = set()
     while time.monotonic() < deadline:
         with urllib.request.urlopen(url, timeout=2) as resp:
             text = resp.read().decode()
         names = {m for m in NAME.findall(text) if not m.endswith("_created")}
-        if all(any(n.startswith(p) for n in names) for p in prefixes):
+        if expected <= names:
             return names
         time.sleep(0.5)
     return names
@@ -34,14 +38,14 @@ def scrape_until(url: str, prefixes: tuple[str, ...], timeout: float = 20.0) -> 
 
 @pytest.mark.integration
 def test_catalog_matches_the_simulated_exporter(tmp_path: Path) -> None:
+    expected = {n for n in PUBLISHED if n.startswith(SIMULATED_PREFIXES)}
     port = free_port()
     argv = [sys.executable, "-m", "exporter", "--simulate", "default",
             "--listen", f"{LOOPBACK}:{port}"]  # fmt: skip
     with ManagedProcess(
         "exporter", argv, tmp_path / "exporter.log", ready_url=f"http://{LOOPBACK}:{port}/metrics"
     ):
-        names = scrape_until(f"http://{LOOPBACK}:{port}/metrics", SIMULATED_PREFIXES)
+        names = scrape_until(f"http://{LOOPBACK}:{port}/metrics", expected)
     published = {n for n in names if n.startswith(SIMULATED_PREFIXES)}
-    expected = {n for n in PUBLISHED if n.startswith(SIMULATED_PREFIXES)}
     assert published - expected == set(), "exported but missing from tests/support/catalog.py"
     assert expected - published == set(), "in the catalog but not exported"

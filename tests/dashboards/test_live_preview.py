@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from dashboards import live_preview as lp
 from dashboards.panels import GRID_COLUMNS, Json
+from demo import services
 
 WINDOW = lp.Window(start=1000.0, end=1090.0, step=1.0)
 
@@ -103,3 +106,37 @@ def test_panels_without_series_are_drawn_as_no_data(
     results = {stat["id"]: lp.PanelData(series=[series])}
     path = lp.draw(dashboard, results, lp.Window(0, 3), tmp_path / "gpu.png", caption="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.integration
+def test_queries_evaluate_against_a_real_prometheus_fed_by_the_simulator(
+    dashboards: dict[str, Json], tmp_path: Path
+) -> None:
+    """Every query runs without error once macros are replaced; GPU panels get real series."""
+    exporter_port, prom_port = services.free_port(), services.free_port()
+    lp._prometheus_config(
+        tmp_path / "prometheus.yml", exporter_port, sorted(lp.RULES.glob("*.rules.yaml"))
+    )
+    exporter = services.ManagedProcess(
+        "exporter",
+        [sys.executable, "-m", "exporter", "--simulate", "default",
+         "--listen", f"{services.LOOPBACK}:{exporter_port}"],
+        tmp_path / "exporter.log",
+        ready_url=f"http://{services.LOOPBACK}:{exporter_port}/metrics",
+    )  # fmt: skip
+    with exporter, services.prometheus(tmp_path / "prometheus.yml", tmp_path, prom_port):
+        prom = lp.Prometheus(f"http://{services.LOOPBACK}:{prom_port}")
+        lp._wait_for_series(prom, "uuid:inferwatch_gpu_up:max", timeout=20)
+        time.sleep(3)  # a few samples, so rates have two points
+        window = lp.Window(time.time() - 10, time.time())
+        results = {
+            (uid, p["title"]): lp.evaluate(p, prom, window)
+            for uid, d in dashboards.items()
+            for p in d["panels"]
+            if p["type"] != "row"
+        }
+    errors = {k: v.errors for k, v in results.items() if v.errors}
+    assert not errors
+    for title in ("GPUs", "GPU utilization", "Temperature", "Power vs limit", "GPU inventory"):
+        assert not results[("inferwatch-gpu", title)].empty, title
+    assert not results[("inferwatch-cuda-memory", "External fragmentation")].empty

@@ -12,7 +12,7 @@ import pytest
 
 from exporter.collectors.base import CollectorContext
 from exporter.collectors.gpu import GpuCollector, GpuSettings, NvmlUnavailableError
-from exporter.nvml import Nvml
+from exporter.nvml import Nvml, NvmlBusyError
 from exporter.scheduler import refresh_once
 from exporter.simulate.fake_nvml import FakeGpu
 from exporter.simulate.scenarios import GiB, Scenario, default, large, mig
@@ -250,8 +250,12 @@ async def test_hung_nvml_call_times_out_drops_series_then_recovers(make_rig: Mak
         text = store.exposition(openmetrics=False, gzipped=False).decode()
         assert 'inferwatch_exporter_collector_success{collector="gpu"} 0.0' in text
         assert "inferwatch_gpu_up" not in text
+        # Once the call counts as hung, new jobs fail fast instead of queueing behind it.
+        rig.nvml.hung_after_seconds = 0.0
+        with pytest.raises(NvmlBusyError):
+            await rig.nvml.run(lambda: None)
     # The stuck call returns; the worker is free again.
-    assert await eventually(lambda: rig.nvml._pending is None or rig.nvml._pending.done())
+    assert await eventually(lambda: rig.nvml.idle)
     assert await refresh_once(rig.collector, store)
     text = store.exposition(openmetrics=False, gzipped=False).decode()
     assert 'inferwatch_exporter_collector_success{collector="gpu"} 1.0' in text

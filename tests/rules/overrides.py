@@ -1,12 +1,12 @@
-"""Test-only copy of the chart's rule-override mechanism (same rules as the PrometheusRule template).
+"""Test-only copy of the chart's rule-override mechanism (as its PrometheusRule template).
 
 Values, as in the chart's `rules:` block:
   alerts: {AlertName: {threshold, for, severity, disabled}}
   exprReplacements: [{from, to}]   literal replacements applied to every expr (records included)
   groupInterval: "30s"
 
-A `threshold` replaces the alert's `threshold` annotation value in its expr, matched as a whole token
-(word boundaries), and must match exactly once; the annotation follows the new value.
+A `threshold` replaces the alert's `threshold` annotation value in its expr, matched as a whole
+token (word boundaries), and must match exactly once; the annotation follows the new value.
 """
 
 from __future__ import annotations

@@ -38,7 +38,10 @@ def test_threshold_replaces_the_whole_token_only() -> None:
 def test_for_severity_disabled_interval_and_replacements() -> None:
     values = {
         "alerts": {"A": {"for": "1m", "severity": "critical"}, "B": {"disabled": True}},
-        "exprReplacements": [{"from": "[1d]", "to": "[5m]"}, {"from": "offset 1d", "to": "offset 5m"}],
+        "exprReplacements": [
+            {"from": "[1d]", "to": "[5m]"},
+            {"from": "offset 1d", "to": "offset 5m"},
+        ],
         "groupInterval": "5s",
     }
     out = apply_overrides(rule_file(), values)

@@ -35,7 +35,7 @@ def test_every_rule_file_has_a_unit_test_file() -> None:
 
 
 def test_chart_style_overrides_keep_every_file_valid(promtool: str, tmp_path: Path) -> None:
-    """Every threshold, a shorter `for`, and the demo's window replacements still give valid rules."""
+    """Every threshold, a shorter `for` and the demo's window replacements stay valid."""
     values = {
         "alerts": {
             r.name: {"threshold": "0.123456", "for": "10s"}

@@ -1,0 +1,198 @@
+"""Remediator webhook under load: 1,000 Alertmanager notifications/s for 10 s, slow actions.
+
+The remediator runs as its real CLI in a subprocess on 127.0.0.1 with the local backend; every
+action is a scale-up whose new replica takes a second to become ready, so the workers are busy
+while the webhook keeps acknowledging. The load repeats 200 alert identities over 10 targets
+(Alertmanager retries and HA double delivery), so exactly one action per target is correct.
+
+Prints one line: p99 ack latency (target <= 20 ms), actions taken, duplicates (must be 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from demo.services import LOOPBACK, ManagedProcess, free_port
+
+RATE = 1000  # notifications per second
+SECONDS = 10
+TARGETS = 10
+IDENTITIES = 200
+TOKEN = "bench-token"
+# A replica that is ready after one second; a bare socket loop so that starting ten of them
+# costs little CPU (the bench measures the webhook, not Python start-up).
+SLOW_ENGINE = [
+    sys.executable,
+    "-I",
+    "-S",
+    "-c",
+    "import socket,sys,time\n"
+    "time.sleep(1.0)\n"
+    "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+    "s.bind((sys.argv[1],int(sys.argv[2])));s.listen(16)\n"
+    "while True:\n"
+    " c,_=s.accept();c.recv(4096)\n"
+    " c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok');c.close()\n",
+    "{host}",
+    "{port}",
+]
+
+
+def config(workdir: Path, port: int) -> Path:
+    low = 30000 + port % 20000
+    deployments = [
+        {
+            "name": f"model-{i}",
+            "command": SLOW_ENGINE,
+            "model": f"model-{i}",
+            "replicas": 0,
+            "min_replicas": 0,
+            "max_replicas": 2,
+            "ready_path": "/",
+            "ready_timeout_seconds": 30,
+        }
+        for i in range(TARGETS)
+    ]
+    path = workdir / "remediator.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "listen": f"{LOOPBACK}:{port}",
+                "state": str(workdir / "state.db"),
+                "backend": "local",
+                "log_level": "warning",
+                "guards": {
+                    "recheck": False,
+                    "action_rate_limit": {"max_actions": 100, "window_seconds": 3600},
+                    "global_rate_limit": {"max_actions": 100, "window_seconds": 3600},
+                },
+                "local": {
+                    "endpoint_file": str(workdir / "endpoints.json"),
+                    "port_range": [low, low + 40],
+                    "deployments": deployments,
+                },
+            }
+        )
+    )
+    return path
+
+
+def notification(identity: int) -> bytes:
+    target = identity % TARGETS
+    return json.dumps(
+        {
+            "version": "4",
+            "status": "firing",
+            "receiver": "remediator",
+            "groupKey": f'{{}}:{{instance="{identity}"}}',
+            "truncatedAlerts": 0,
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {
+                        "alertname": "InferwatchLLMQueueBacklog",
+                        "remediation": "scale_up",
+                        "model": f"model-{target}",
+                        "instance": f"10.0.{target}.{identity}:8000",
+                    },
+                    "annotations": {"summary": "Requests keep waiting."},
+                    "startsAt": "2026-11-21T05:29:57.774Z",
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "",
+                    "fingerprint": f"{identity:016x}",
+                }
+            ],
+        }
+    ).encode()
+
+
+async def load(url: str) -> tuple[list[float], Counter[int]]:
+    bodies = [notification(i) for i in range(IDENTITIES)]
+    rng = random.Random(7)
+    latencies: list[float] = []
+    codes: Counter[int] = Counter()
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(body: bytes) -> None:
+            start = time.perf_counter()
+            async with session.post(f"{url}/alerts", data=body, headers=headers) as resp:
+                await resp.read()
+                codes[resp.status] += 1
+            latencies.append(time.perf_counter() - start)
+
+        async def warm() -> None:  # Alertmanager keeps its connections open; so do we
+            async with session.get(f"{url}/healthz") as resp:
+                await resp.read()
+
+        await asyncio.gather(*(warm() for _ in range(64)))
+        tasks = []
+        t0 = time.perf_counter()
+        for i in range(RATE * SECONDS):
+            delay = t0 + i / RATE - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(bodies[rng.randrange(IDENTITIES)])))
+        await asyncio.gather(*tasks)
+    return latencies, codes
+
+
+async def settle(url: str) -> list[dict[str, Any]]:
+    """Wait (bounded) until every notification is handled and every action finished."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(600):
+            async with session.get(f"{url}/actions?limit=10000") as resp:
+                actions = (await resp.json())["actions"]
+            async with session.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+            depth = next(
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("inferwatch_remediation_queue_depth")
+            )
+            if depth == 0 and not any(a["result"] == "in_progress" for a in actions):
+                return list(actions)
+            await asyncio.sleep(0.5)
+    raise TimeoutError("the remediator did not settle within 300 s")
+
+
+def main() -> str:
+    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        proc = ManagedProcess(
+            "remediator",
+            [sys.executable, "-m", "remediations", "--config", str(config(workdir, port))],
+            workdir / "remediator.log",
+            ready_url=f"http://{LOOPBACK}:{port}/healthz",
+            env={"INFERWATCH_REMEDIATOR_TOKEN": TOKEN},
+        )
+        with proc:
+            url = f"http://{LOOPBACK}:{port}"
+            latencies, codes = asyncio.run(load(url))
+            actions = asyncio.run(settle(url))
+    acted = [a for a in actions if a["result"] in ("succeeded", "failed", "dry_run")]
+    per_target = Counter(a["target"] for a in acted)
+    duplicates = sum(n - 1 for n in per_target.values())
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[int(len(latencies) * 0.99)] * 1000
+    not_accepted = sum(n for code, n in codes.items() if code != 202)
+    return (
+        f"webhook: {len(latencies)} notifications at {RATE}/s for {SECONDS}s: p99 ack "
+        f"{p99:.1f} ms (p50 {p50:.1f} ms, target <= 20 ms), {len(acted)} actions "
+        f"({sum(a['result'] == 'succeeded' for a in acted)} succeeded) for {TARGETS} targets, "
+        f"{duplicates} duplicates, {not_accepted} not accepted"
+    )
