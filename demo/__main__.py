@@ -102,13 +102,15 @@ async def run_all(args: argparse.Namespace, console: Console) -> list[Result]:
             args.out.mkdir(parents=True, exist_ok=True)
             report.write_report(results, args.out / "report.json")
             (args.out / "results.md").write_text(report.markdown_table(results) + "\n")
+            report.write_timeline_json(timeline, args.out / "timeline.json")
             report.write_timeline_png(timeline, results, args.out / "timeline.png")
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    console = Console()
+    # Piped output (CI logs) gets a wide table instead of rich's 80-column default.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     preflight(console)
     try:
         results = asyncio.run(run_all(args, console))

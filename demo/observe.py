@@ -142,7 +142,7 @@ class Observer:
         for key in list(self.open_alerts):
             if key not in current:
                 self.open_alerts.pop(key).resolved_at = now
-        # An entry appears "in_progress" and gets its result later: update by identity.
+        # /actions is polled again and again: record each finished action once, by identity.
         for entry in reversed(actions):
             key = (
                 str(entry.get("time")),
@@ -150,10 +150,7 @@ class Observer:
                 str(entry.get("action")),
                 str(entry.get("target")),
             )
-            known = self.actions_by_key.get(key)
-            if known is not None:
-                known.result = str(entry.get("result", ""))
-                known.reason = entry.get("reason")
+            if key in self.actions_by_key:
                 continue
             wall = _wall_time(entry.get("time"))
             event = ActionEvent(

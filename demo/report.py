@@ -86,6 +86,17 @@ def markdown_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def write_timeline_json(timeline: Timeline, path: Path) -> None:
+    """Every observation, for a closer look (or to redraw the PNG)."""
+    data = {
+        "points": [vars(p) for p in timeline.points],
+        "alerts": [vars(a) for a in timeline.alerts],
+        "actions": [vars(a) for a in timeline.actions],
+        "marks": timeline.marks,
+    }
+    path.write_text(json.dumps(data) + "\n")
+
+
 def write_report(results: Sequence[Result], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"scenarios": [r.report() for r in results]}, indent=2) + "\n")
@@ -156,7 +167,11 @@ def write_timeline_png(timeline: Timeline, results: Sequence[Result], path: Path
             color="tab:red",
         )
     for act in timeline.actions:
-        color = {"succeeded": "tab:green", "blocked": "0.5"}.get(act.result, "tab:purple")
+        if act.result in ("blocked", "dry_run"):
+            # Guards at work (duplicates, cooldowns, resolved alerts): a short grey tick only.
+            ax_rep.axvline(act.t, ymax=0.06, color="0.55", lw=1)
+            continue
+        color = "tab:green" if act.result == "succeeded" else "tab:purple"
         ax_rep.axvline(act.t, color=color, lw=1.5)
         ax_rep.annotate(
             f"{act.action} ({act.result})",
@@ -167,7 +182,10 @@ def write_timeline_png(timeline: Timeline, results: Sequence[Result], path: Path
             fontsize=7,
             color=color,
         )
-    fig.suptitle("Inferwatch demo: faults injected (red dashed), alerts (red), actions (green)")
+    fig.suptitle(
+        "Inferwatch demo: faults injected (red dashed), alerts firing (red), actions taken "
+        "(green; grey ticks: blocked by a guard)"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -19,7 +19,7 @@ import aiohttp
 
 from demo.load import LoadGenerator
 from demo.observe import ActionEvent, AlertEvent, Observer, Timeline
-from demo.replica import LIGHT_MODEL
+from demo.replica import LIGHT_MODEL, MAIN_MODEL
 from demo.stack import Fleet, Stack, Timings, pid_alive
 
 Hook = Callable[["ScenarioRun"], Awaitable[None]]
@@ -41,6 +41,7 @@ class Scenario:
     after_recovery: Hook | None = None  # e.g. end a surge and watch the swap back
     cleanup: Hook | None = None
     allowed_alerts: frozenset[str] = frozenset()  # side effects of the same fault
+    also_detects: frozenset[str] = frozenset()  # other alerts that count as detecting it
     allowed_actions: frozenset[str] = frozenset()
     duration: float = 0.0  # the baseline's observation time
     detect_timeout: float = 90.0
@@ -340,7 +341,8 @@ GPU = Scenario(
     inject=_xid79,
     recovered=_gpu_recovered,
     cleanup=_gpu_cleanup,
-    allowed_alerts=frozenset({"InferwatchGPUXidCritical"}),
+    # The driver reports the Xid first; NVML losing the device follows. Both call drain_node.
+    also_detects=frozenset({"InferwatchGPUXidCritical"}),
 )
 
 
@@ -368,7 +370,7 @@ async def _capacity_after(run: ScenarioRun) -> None:
     """The surge ends; the remediator swaps the main model back after its quiet period."""
     await run.load.set_concurrency(run.scenario.concurrency)
     run.say("surge over; waiting for the swap back to the main model")
-    for _ in range(60):
+    for _ in range(45):
         models = set(run.stack.replica_models().values())
         if models and LIGHT_MODEL.name not in models:
             run.timeline.mark(run.scenario.name, "swapped back")
@@ -432,7 +434,7 @@ async def _watch(run: ScenarioRun, seconds: float, until: Check | None = None) -
 def _classify(run: ScenarioRun) -> None:
     """Alerts outside the scenario's own, and actions beyond the intended one(s)."""
     sc, res = run.scenario, run.result
-    wanted = ({sc.alert} | set(sc.allowed_alerts)) if sc.alert else set()
+    wanted = ({sc.alert} | set(sc.allowed_alerts) | set(sc.also_detects)) if sc.alert else set()
     res.unexpected_alerts = sorted({a.name for a in run.alerts() if a.name not in wanted})
     # Blocked and dry-run entries are guards doing their job, not actions taken.
     taken = [a for a in run.actions() if a.result not in ("blocked", "dry_run")]
@@ -456,7 +458,6 @@ async def run_scenario(
     stack = Stack(workdir / scenario.name, timings=timings, fleet=scenario.fleet, say=say)
     try:
         await asyncio.to_thread(stack.start)
-        from demo.replica import MAIN_MODEL
 
         async with (
             LoadGenerator(
@@ -505,11 +506,13 @@ async def _drive(run: ScenarioRun) -> None:
     await sc.inject(run)
     res.injected_at = tl.mark(sc.name, "injected")
 
+    detecting = {sc.alert} | set(sc.also_detects)
+
     async def detected(r: ScenarioRun) -> bool:
-        return any(a.name == sc.alert for a in r.alerts())
+        return any(a.name in detecting for a in r.alerts())
 
     if await _watch(run, sc.detect_timeout, detected):
-        first = next(a for a in run.alerts() if a.name == sc.alert)
+        first = next(a for a in run.alerts() if a.name in detecting)
         res.detected_at, res.alert = first.fired_at, first.name
         run.say(f"detected: {first.name} at {first.fired_at:.1f}s")
     else:

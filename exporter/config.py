@@ -14,6 +14,8 @@ from exporter.logs import LogFormat, LogLevel
 from exporter.settings import FrozenModel, load_settings
 
 ENV_PREFIX = "INFERWATCH_"
+# Variables of the other components share the prefix; they are not exporter settings.
+ENV_IGNORE = ("REMEDIATOR_", "PROBE_", "CACHE")
 DEFAULT_LISTEN = "0.0.0.0:9835"
 
 
@@ -66,4 +68,11 @@ def load_config(
     environ: dict[str, str] | None = None,
 ) -> ExporterConfig:
     """Raise exporter.settings.ConfigError with a path-qualified message on bad input."""
-    return load_settings(ExporterConfig, path, env_prefix=ENV_PREFIX, flags=flags, environ=environ)
+    return load_settings(
+        ExporterConfig,
+        path,
+        env_prefix=ENV_PREFIX,
+        env_ignore=ENV_IGNORE,
+        flags=flags,
+        environ=environ,
+    )

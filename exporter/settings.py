@@ -44,12 +44,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def env_overrides(prefix: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Nested overrides from env: PREFIX_A__B=v sets a.b; values are parsed as YAML scalars."""
+def env_overrides(
+    prefix: str, environ: Mapping[str, str] | None = None, ignore: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Nested overrides from env: PREFIX_A__B=v sets a.b; values are parsed as YAML scalars.
+
+    Names starting with PREFIX + one of `ignore` belong to another component and are skipped.
+    """
     environ = os.environ if environ is None else environ
     result: dict[str, Any] = {}
+    skipped = tuple(prefix + other for other in ignore)
     for name, raw in environ.items():
-        if not name.startswith(prefix) or name == prefix:
+        if not name.startswith(prefix) or name == prefix or name.startswith(skipped):
             continue
         path = [part.lower() for part in name[len(prefix) :].split("__") if part]
         if not path:
@@ -98,12 +104,13 @@ def load_settings(
     path: str | Path | None,
     *,
     env_prefix: str,
+    env_ignore: tuple[str, ...] = (),
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> M:
     """Build `model` from defaults < YAML file < env < flags, or raise ConfigError."""
     data: dict[str, Any] = read_yaml(path) if path else {}
-    data = deep_merge(data, env_overrides(env_prefix, environ))
+    data = deep_merge(data, env_overrides(env_prefix, environ, env_ignore))
     data = deep_merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
     try:
         return model.model_validate(data)

@@ -21,7 +21,7 @@ from remediations.engine import Remediator
 from remediations.metrics import Metrics
 from remediations.playbook import PlaybookFile, load_playbooks
 from remediations.prom import Prometheus
-from remediations.state import State
+from remediations.state import AuditEntry, State
 
 log = logging.getLogger("remediations")
 
@@ -126,27 +126,37 @@ def _rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _entry(e: AuditEntry) -> dict[str, str]:
+    return {
+        "time": _rfc3339(e.time),
+        "alertname": e.alertname,
+        "fingerprint": e.fingerprint,
+        "action": e.action,
+        "target": e.target,
+    }
+
+
 async def actions(request: web.Request) -> web.Response:
-    """The audit log, newest first (`?limit=N`, default 100, at most 10000)."""
+    """The audit log of finished actions, newest first (`?limit=N`, default 100, at most 10000).
+
+    `result` is always one of succeeded, failed, dry_run, blocked: actions still running are
+    listed apart under `in_progress` (without a result) and join `actions` once they finish.
+    """
     try:
         limit = min(max(int(request.query.get("limit", "100")), 1), 10000)
     except ValueError:
         return _error(400, "limit must be an integer")
-    entries = request.app[remediator_key].state.recent(limit)
+    state = request.app[remediator_key].state
     return web.json_response(
         {
             "actions": [
-                {
-                    "time": _rfc3339(e.time),
-                    "alertname": e.alertname,
-                    "fingerprint": e.fingerprint,
-                    "action": e.action,
-                    "target": e.target,
-                    "result": e.result or "in_progress",
-                    "reason": e.reason,
-                }
-                for e in entries
-            ]
+                {**_entry(e), "result": e.result or "", "reason": e.reason}
+                for e in state.recent(limit, finished=True)
+            ],
+            "in_progress": [
+                {**_entry(e), "plan": e.reason.removeprefix("in progress: ")}
+                for e in state.in_progress()
+            ],
         }
     )
 

@@ -86,6 +86,11 @@ class Remediator:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
+        for swap in self.state.end_interrupted_swaps():
+            log.warning(
+                "the swap of %s was interrupted by a restart; it is undone once its alert resolved",
+                swap.target,
+            )
         for entry in self.state.close_interrupted():
             log.warning(
                 "action %s on %s (alert %s) was interrupted by a restart; recorded as failed, "
@@ -179,8 +184,8 @@ class Remediator:
             self._finish(alert, playbook, shown, None, Outcome("failed", f"resolve: {exc}"), 0.0)
             return
         key = ref.key(kind)
-        if playbook.action == "swap_model" and self.state.swap(key):
-            self.state.schedule_swap_back(key, None)  # fired again: stay on the lighter model
+        if playbook.action == "swap_model":
+            self.state.swap_fired(key, alert.dedupe_key)  # stay on the lighter model
         async with self._lock(ref, kind):
             await self._act(alert, playbook, ref, key)
 
@@ -192,11 +197,15 @@ class Remediator:
             return
         with contextlib.suppress(Exception):
             ref = await self.backend.resolve(raw, kind)
-            key = ref.key(kind)
-            if self.state.swap(key):
-                quiet = playbook.params.quiet_period_seconds  # type: ignore[union-attr]
-                self.state.schedule_swap_back(key, time.time() + quiet)
-                log.info("%s resolved; swapping %s back in %gs", alert.alertname, key, quiet)
+            swap = self.state.swap_resolved(ref.key(kind), alert.dedupe_key)
+            if swap is not None:
+                log.info(
+                    "%s resolved; swapping %s back %gs after %s",
+                    alert.alertname,
+                    swap.target,
+                    swap.quiet_seconds,
+                    "the swap ends" if swap.in_flight else "now",
+                )
 
     def _early_guards(self, alert: Alert) -> None:
         if self.state.seen(alert.dedupe_key):
@@ -278,12 +287,28 @@ class Remediator:
             started = time.monotonic()
             log.info("%s%s (alert %s)", "dry-run: " if ctx.dry_run else "", plan, alert.alertname)
 
+        def swap_started(original: str, lighter: str) -> None:
+            quiet = playbook.params.quiet_period_seconds  # type: ignore[union-attr]
+            self.state.begin_swap(
+                Swap(
+                    key,
+                    ref.namespace,
+                    ref.deployment or "",
+                    original,
+                    lighter,
+                    time.time(),
+                    None,
+                    quiet,
+                )
+            )
+
         ctx = ActionContext(
             backend=self.backend,
             prometheus=self.prometheus,
             dry_run=self.cfg.dry_run or playbook.dry_run,
             max_drained_ratio=guards.max_drained_ratio,
             commit=commit,
+            swap_started=swap_started,
         )
         try:
             outcome = await RUNNERS[playbook.action](ctx, ref, playbook.params)
@@ -300,6 +325,7 @@ class Remediator:
         except asyncio.CancelledError:
             if audit_id is not None:
                 self.state.finish(audit_id, "failed", INTERRUPTED)
+            self.state.end_swap(key)
             raise
         except BackendError as exc:
             outcome = Outcome("failed", str(exc))
@@ -308,11 +334,9 @@ class Remediator:
             outcome = Outcome("failed", f"error: {type(exc).__name__}: {exc}")
         duration = time.monotonic() - started if audit_id is not None else 0.0
         self._finish(alert, playbook, key, audit_id, outcome, duration, cooldown)
-        if outcome.swapped is not None:
-            original, lighter = outcome.swapped
-            self.state.record_swap(
-                Swap(key, ref.namespace, ref.deployment or "", original, lighter, time.time(), None)
-            )
+        swap = self.state.end_swap(key) if playbook.action == "swap_model" else None
+        if swap is not None and swap.back_at is not None:
+            log.info("%s resolved during the swap; swapping back in %gs", key, swap.quiet_seconds)
         if outcome.result != "dry_run":
             with contextlib.suppress(Exception):
                 await self.backend.record_event(

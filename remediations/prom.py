@@ -43,6 +43,21 @@ def selector(labels: Mapping[str, str]) -> str:
     return ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sorted(labels.items()))
 
 
+# Labels a rule result may carry that its alert never does: Prometheus drops the metric name
+# (a comparison like `up == 0` keeps it) and sets `alertname` itself.
+NOT_ON_ALERTS = frozenset({"__name__", "alertname"})
+
+
+def is_alert_series(series: Mapping[str, str], alert: Mapping[str, str]) -> bool:
+    """Did the alert come from this series of its rule's result?
+
+    The alert's labels are the series' labels without `__name__`, plus what Prometheus and the
+    rule add (alertname, the rule's labels such as severity or remediation, external labels),
+    so every remaining series label must be on the alert with the same value.
+    """
+    return all(alert.get(k) == v for k, v in series.items() if k not in NOT_ON_ALERTS)
+
+
 class Prometheus:
     def __init__(self, session: aiohttp.ClientSession, url: str, timeout: float) -> None:
         self.session = session
@@ -78,11 +93,7 @@ class Prometheus:
         except PrometheusError as exc:
             return False, str(exc)
         for sample in samples:
-            if math.isnan(sample.value):
-                continue
-            # A rule adds labels (severity, remediation) to the series it selects, so the
-            # series' labels are a subset of the alert's labels.
-            if all(alert.labels.get(k) == v for k, v in sample.labels.items()):
+            if not math.isnan(sample.value) and is_alert_series(sample.labels, alert.labels):
                 return True, f"confirmed by {len(samples)} series"
         if not samples:
             return False, "no data: the expression returns nothing now"

@@ -15,8 +15,9 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires REAL NOT NULL);
@@ -47,9 +48,20 @@ CREATE TABLE IF NOT EXISTS swaps (
     original TEXT NOT NULL,
     lighter TEXT NOT NULL,
     swapped_at REAL NOT NULL,
-    back_at REAL
+    back_at REAL,
+    quiet_seconds REAL NOT NULL DEFAULT 0,
+    in_flight INTEGER NOT NULL DEFAULT 0,
+    resolved_at REAL,
+    resolved_by TEXT
 );
 """
+# Columns added to `swaps` after its first release: state files written before get them here.
+SWAP_COLUMNS = {
+    "quiet_seconds": "REAL NOT NULL DEFAULT 0",
+    "in_flight": "INTEGER NOT NULL DEFAULT 0",
+    "resolved_at": "REAL",
+    "resolved_by": "TEXT",
+}
 
 ACTED = ("succeeded", "failed", "dry_run")
 INTERRUPTED = "interrupted: the remediator stopped while this action ran; not repeated"
@@ -70,13 +82,21 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class Swap:
+    """A model swap to undo. The alert may resolve while the swap still runs (restarting
+    replicas changes what the rule sees), so the resolution is kept as a fact of its own and
+    turned into `back_at` once the swap is over."""
+
     target: str
     namespace: str | None
     deployment: str
     original: str
     lighter: str
     swapped_at: float
-    back_at: float | None  # when to swap back: set once the alert resolved
+    back_at: float | None  # when to swap back: set once the alert resolved and the swap ended
+    quiet_seconds: float = 0.0  # after the resolution (or the swap's end), wait this long
+    in_flight: bool = False  # the swap is still running
+    resolved_at: float | None = None  # the alert resolved (and has not fired again since)
+    resolved_by: str | None = None  # that alert's dedupe key: a late duplicate of it is no re-fire
 
 
 class State:
@@ -87,6 +107,10 @@ class State:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(swaps)")}
+        for column, decl in SWAP_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE swaps ADD COLUMN {column} {decl}")
         self._writes = 0
         self._pending: list[tuple[object, ...]] = []
 
@@ -259,8 +283,14 @@ class State:
             "UPDATE audit SET result = ?, reason = ? WHERE id = ?", (result, reason, audit_id)
         )
 
-    def recent(self, limit: int = 100) -> list[AuditEntry]:
-        return self._audit_rows("ORDER BY id DESC LIMIT ?", (limit,))
+    def recent(self, limit: int = 100, *, finished: bool = False) -> list[AuditEntry]:
+        """Newest first; `finished` leaves out actions still running (no result yet)."""
+        where = "WHERE result IS NOT NULL " if finished else ""
+        return self._audit_rows(f"{where}ORDER BY id DESC LIMIT ?", (limit,))
+
+    def in_progress(self) -> list[AuditEntry]:
+        """Actions running now, newest first (few: one per worker and swap back at most)."""
+        return self._audit_rows("WHERE result IS NULL ORDER BY id DESC", ())
 
     def _audit_rows(self, tail: str, args: tuple[object, ...]) -> list[AuditEntry]:
         self.flush()
@@ -281,9 +311,10 @@ class State:
 
     # -- model swaps ------------------------------------------------------------------------
 
-    def record_swap(self, swap: Swap) -> None:
+    def begin_swap(self, swap: Swap) -> None:
+        """Recorded before the first replica changes, so a restart mid-swap still swaps back."""
         self.db.execute(
-            "INSERT OR REPLACE INTO swaps VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO swaps VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 1, NULL, NULL)",
             (
                 swap.target,
                 swap.namespace,
@@ -291,24 +322,66 @@ class State:
                 swap.original,
                 swap.lighter,
                 swap.swapped_at,
-                swap.back_at,
+                swap.quiet_seconds,
             ),
+        )
+
+    def end_swap(self, target: str, now: float | None = None) -> Swap | None:
+        """The swap is over: if its alert resolved meanwhile, swap back after the quiet period."""
+        now = time.time() if now is None else now
+        self.db.execute(
+            """UPDATE swaps SET in_flight = 0, back_at = CASE WHEN resolved_at IS NOT NULL
+                   THEN ? + quiet_seconds END
+               WHERE target = ? AND in_flight = 1""",
+            (now, target),
+        )
+        return self.swap(target)
+
+    def end_interrupted_swaps(self, now: float | None = None) -> list[Swap]:
+        """At start-up: swaps a previous run left mid-way are over (and may be due to undo)."""
+        targets = [r[0] for r in self.db.execute("SELECT target FROM swaps WHERE in_flight = 1")]
+        return [s for t in targets if (s := self.end_swap(t, now)) is not None]
+
+    def swap_resolved(self, target: str, alert_key: str, now: float | None = None) -> Swap | None:
+        """The swap's alert resolved: swap back after the quiet period (counted from the swap's
+        end when it still runs). None when there is no swap to undo."""
+        now = time.time() if now is None else now
+        self.db.execute(
+            """UPDATE swaps SET resolved_at = ?, resolved_by = ?,
+                   back_at = CASE WHEN in_flight THEN NULL ELSE ? + quiet_seconds END
+               WHERE target = ?""",
+            (now, alert_key, now, target),
+        )
+        return self.swap(target)
+
+    def swap_fired(self, target: str, alert_key: str) -> None:
+        """The alert fired again: stay on the lighter model. A late copy of the notification
+        that resolved (same alert, same start) is not a new firing."""
+        self.db.execute(
+            """UPDATE swaps SET resolved_at = NULL, resolved_by = NULL, back_at = NULL
+               WHERE target = ? AND (resolved_by IS NULL OR resolved_by != ?)""",
+            (target, alert_key),
         )
 
     def swap(self, target: str) -> Swap | None:
         row = self.db.execute("SELECT * FROM swaps WHERE target = ?", (target,)).fetchone()
-        return Swap(*row) if row else None
+        return _swap(row) if row else None
 
-    def schedule_swap_back(self, target: str, back_at: float | None) -> None:
-        """Set when to swap back (the alert resolved), or clear it (the alert fired again)."""
+    def schedule_swap_back(self, target: str, back_at: float) -> None:
+        """Try the swap back again at `back_at` (the last attempt failed)."""
         self.db.execute("UPDATE swaps SET back_at = ? WHERE target = ?", (back_at, target))
 
     def swaps_due(self, now: float | None = None) -> list[Swap]:
         now = time.time() if now is None else now
         rows = self.db.execute(
-            "SELECT * FROM swaps WHERE back_at IS NOT NULL AND back_at <= ?", (now,)
+            "SELECT * FROM swaps WHERE in_flight = 0 AND back_at IS NOT NULL AND back_at <= ?",
+            (now,),
         ).fetchall()
-        return [Swap(*row) for row in rows]
+        return [_swap(row) for row in rows]
 
     def drop_swap(self, target: str) -> None:
         self.db.execute("DELETE FROM swaps WHERE target = ?", (target,))
+
+
+def _swap(row: Any) -> Swap:
+    return replace(Swap(*row), in_flight=bool(row[8]))

@@ -75,12 +75,6 @@ def check_model(label: str, value: str) -> str:
     return value
 
 
-def check_patterns(kind: str, value: str, patterns: Sequence[re.Pattern[str]]) -> str:
-    if not any(p.fullmatch(value) for p in patterns):
-        raise TargetError(f"{kind} {value!r} matches none of the allowed name patterns")
-    return value
-
-
 @dataclass(frozen=True)
 class LabelMap:
     """Which alert labels name which part of the target (playbooks may override each)."""

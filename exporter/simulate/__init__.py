@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import importlib.util
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from aiohttp import web
 
 from exporter.simulate import fake_nvml
 from exporter.simulate.fake_nvml import FakeNvmlLib
+from exporter.simulate.probe_files import ProbeFileSimulator
 from exporter.simulate.scenarios import BUILDERS, SCENARIOS, Scenario, SimProcess
 
 if TYPE_CHECKING:
@@ -43,15 +43,6 @@ IDLE_POWER_MW = 70_000
 
 class SimulationInputError(ValueError):
     """A /-/simulate request that cannot be applied (answered with 400)."""
-
-
-def _probe_simulator_class() -> Any:
-    """The CUDA allocator probe-file writer, when that part of the simulator is installed."""
-    if importlib.util.find_spec("exporter.simulate.probe_files") is None:
-        return None
-    from exporter.simulate import probe_files
-
-    return getattr(probe_files, "ProbeFileSimulator", None)
 
 
 def _cgroup(proc: SimProcess) -> str:
@@ -103,8 +94,9 @@ class Simulation:
         self.injected: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
         self._pending_events = sorted(scenario.events, key=lambda e: e[0])
         self._base_utilization = [g.utilization_gpu for g in scenario.gpus]
-        self._probes: Any = None
+        self._probes: ProbeFileSimulator | None = None
         self._probes_changed = False  # an injection changed them: write at the next tick
+        self._written_at = 0.0
 
     @classmethod
     def from_name(cls, name: str) -> Simulation:
@@ -123,21 +115,16 @@ class Simulation:
         write_host_files(self.root, self.scenario.processes)
         probe_dir = self.root / "probes"
         probe_dir.mkdir()
-        simulator = _probe_simulator_class()
-        if simulator is not None:
-            pairs = [
-                (pid, gpu.uuid)
-                for gpu in self.scenario.gpus
-                for pid in (p.pid for p in gpu.processes)
-                if self.scenario.processes[pid].probe
-            ]
-            self._probes = simulator(probe_dir, pairs)
-            self._probes.set_mode(self.fragmentation)
-        cuda = cfg.collectors.cuda_allocator
-        collectors = cfg.collectors
-        if "probe_dir" in type(cuda).model_fields:
-            cuda = type(cuda).model_validate({**cuda.model_dump(), "probe_dir": str(probe_dir)})
-            collectors = collectors.model_copy(update={"cuda_allocator": cuda})
+        pairs = [
+            (pid, gpu.uuid)
+            for gpu in self.scenario.gpus
+            for pid in (p.pid for p in gpu.processes)
+            if self.scenario.processes[pid].probe
+        ]
+        self._probes = ProbeFileSimulator(probe_dir, pairs)
+        self._probes.set_mode(self.fragmentation)
+        cuda = cfg.collectors.cuda_allocator.model_copy(update={"probe_dir": str(probe_dir)})
+        collectors = cfg.collectors.model_copy(update={"cuda_allocator": cuda})
         return cfg.model_copy(
             update={"proc_root": str(self.root / "proc"), "collectors": collectors}
         )
@@ -149,6 +136,7 @@ class Simulation:
         for gpu, xid in self.scenario.initial_xids:
             self.lib.inject_xid(gpu, xid)
         log.info("simulating scenario %r: %s", self.scenario.name, self.scenario.description)
+        self._write_probes()  # before any collector's first refresh
         task = asyncio.create_task(self._run(), name="simulation")
         try:
             yield
@@ -160,15 +148,17 @@ class Simulation:
             if self.root is not None:
                 shutil.rmtree(self.root, ignore_errors=True)
 
+    def _write_probes(self) -> None:
+        if self._probes is not None:
+            self._probes_changed = False
+            self._written_at = self.elapsed
+            self._probes.write(self.elapsed)
+
     async def _run(self) -> None:
-        written_at: float | None = None
         while True:
             self.tick()
-            due = written_at is None or self.elapsed - written_at >= PROBE_WRITE_SECONDS
-            if self._probes is not None and (due or self._probes_changed):
-                self._probes_changed = False
-                written_at = self.elapsed
-                await asyncio.to_thread(self._probes.write, self.elapsed)
+            if self._probes_changed or self.elapsed - self._written_at >= PROBE_WRITE_SECONDS:
+                await asyncio.to_thread(self._write_probes)
             await asyncio.sleep(TICK_SECONDS)
 
     def tick(self) -> None:

@@ -24,8 +24,10 @@ Result = Literal["succeeded", "failed", "dry_run"]
 class Outcome:
     result: Result
     detail: str
-    # swap_model: (original, lighter) so the engine can swap back later
-    swapped: tuple[str, str] | None = None
+
+
+def _no_swap_record(original: str, lighter: str) -> None:
+    return None
 
 
 @dataclass
@@ -35,6 +37,8 @@ class ActionContext:
     dry_run: bool
     max_drained_ratio: float
     commit: Callable[[str], Awaitable[None]]
+    # swap_model: called with (original, lighter) before the first replica changes
+    swap_started: Callable[[str, str], None] = _no_swap_record
 
 
 async def wait_inflight(

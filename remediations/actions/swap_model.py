@@ -1,5 +1,5 @@
 """swap_model: switch a deployment to its configured lighter model; the engine swaps it back
-once the alert has resolved and the quiet period passed."""
+once the alert has resolved, the swap is over and the quiet period passed."""
 
 from __future__ import annotations
 
@@ -28,17 +28,19 @@ async def run(ctx: ActionContext, ref: TargetRef, params: SwapModelParams) -> Ou
     await ctx.commit(plan)
     if ctx.dry_run:
         return Outcome("dry_run", f"would {plan}")
+    ctx.swap_started(dep.model, dep.lighter_model)
     await ctx.backend.set_model(ref, dep.lighter_model)
     ready = await ctx.backend.wait_ready(ref, max(dep.desired, 1), params.ready_timeout_seconds)
-    swapped = (dep.model, dep.lighter_model)
     if ready < max(dep.desired, 1):
-        return Outcome("failed", f"{plan}: only {ready} ready", swapped)
-    return Outcome("succeeded", f"{plan}: {ready} ready", swapped)
+        return Outcome("failed", f"{plan}: only {ready} ready")
+    return Outcome("succeeded", f"{plan}: {ready} ready")
 
 
 async def swap_back(ctx: ActionContext, ref: TargetRef, original: str, limit_s: float) -> Outcome:
     dep = await ctx.backend.deployment(ref)
     plan = f"swap {dep.name} back to {original}"
+    if dep.model == original:  # e.g. local replicas restarted on their configured model
+        return Outcome("succeeded", f"{dep.name} already serves {original}")
     await ctx.backend.set_model(ref, original)
     ready = await ctx.backend.wait_ready(ref, max(dep.desired, 1), limit_s)
     if ready < max(dep.desired, 1):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from remediations.targets import LabelMap, TargetRef
+from remediations.targets import TargetRef
 
 TargetKind = Literal["deployment", "replica", "node"]
 
@@ -43,7 +43,6 @@ class ReplicaInfo:
 
 class Backend(Protocol):
     name: str
-    labels: LabelMap
 
     async def start(self) -> None: ...
 

@@ -26,7 +26,7 @@ from remediations.backends import BackendError, DeploymentInfo, ReplicaInfo, Tar
 from remediations.config import KubernetesSettings
 from remediations.guards import Blocked, Guard
 from remediations.prom import escape_label_value
-from remediations.targets import LabelMap, TargetError, TargetRef
+from remediations.targets import TargetError, TargetRef
 
 log = logging.getLogger("remediations.kubernetes")
 T = TypeVar("T")
@@ -36,7 +36,6 @@ EVENT_KIND = {"deployment": "Deployment", "replica": "Pod", "node": "Node"}
 
 class KubernetesBackend:
     name = "kubernetes"
-    labels = LabelMap()
 
     def __init__(
         self,

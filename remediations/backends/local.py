@@ -35,7 +35,7 @@ from remediations.backends import DeploymentInfo, ReplicaInfo, TargetKind
 from remediations.backends.local_settings import LocalDeployment, LocalSettings
 from remediations.guards import Blocked, Guard
 from remediations.prom import escape_label_value
-from remediations.targets import LabelMap, TargetError, TargetRef
+from remediations.targets import TargetError, TargetRef
 
 log = logging.getLogger("remediations.local")
 
@@ -63,7 +63,6 @@ class Replica:
 
 class LocalBackend:
     name = "local"
-    labels = LabelMap()
 
     def __init__(self, settings: LocalSettings) -> None:
         self.settings = settings
@@ -131,7 +130,7 @@ class LocalBackend:
                     **dep.labels,
                     "deployment": name,
                     "replica": r.name,
-                    "model": dep.alert_model,
+                    "model": dep.model_label(r.model),  # what it serves now (swap_model)
                 }
                 if r.gpu is not None:
                     labels["gpu"] = r.gpu
@@ -165,7 +164,7 @@ class LocalBackend:
         elif kind == "replica":
             raise TargetError("the alert names no replica (target or pod label)")
         if ref.deployment is None and ref.model is not None:
-            by_model = [d.name for d in self.settings.deployments if d.alert_model == ref.model]
+            by_model = [d.name for d in self.settings.deployments if ref.model in d.model_labels]
             if not by_model:
                 raise TargetError(f"no local deployment serves model {ref.model!r}")
             ref = ref.with_(deployment=by_model[0])
@@ -404,8 +403,12 @@ class LocalBackend:
         proc = replica.process
         if proc is None or proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        # The whole process group (each replica leads its own session). A stopped engine (SIGSTOP,
+        # a debugger, a hung-replica drill) would hold SIGTERM pending until the stop timeout and
+        # then get SIGKILL: continue it first so it can shut down cleanly.
+        for sig in (signal.SIGCONT, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
         polls = int(self.deployments[replica.deployment].stop_timeout_seconds / 0.05) + 1
         for _ in range(polls):
             if proc.poll() is not None:

@@ -30,6 +30,9 @@ class LocalDeployment(FrozenModel):
         None, description="The `model` label alerts carry for this deployment (default: model)."
     )
     lighter_model: str | None = Field(None, description="{model} while swapped (swap_model).")
+    lighter_model_name: str | None = Field(
+        None, description="The `model` label while swapped (default: lighter_model)."
+    )
     replicas: int = Field(1, ge=0, description="Replicas started with the backend.")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(4, ge=1)
@@ -70,6 +73,20 @@ class LocalDeployment(FrozenModel):
     @property
     def alert_model(self) -> str:
         return self.model_name or self.model
+
+    def model_label(self, model: str) -> str:
+        """The `model` label of a replica serving `model` (the main or the lighter one)."""
+        if model == self.model:
+            return self.alert_model
+        if model == self.lighter_model:
+            return self.lighter_model_name or model
+        return model
+
+    @property
+    def model_labels(self) -> set[str]:
+        """Every `model` label this deployment's replicas may carry, swapped or not."""
+        models = [self.model] + ([self.lighter_model] if self.lighter_model else [])
+        return {self.model_label(m) for m in models}
 
 
 class LocalSettings(FrozenModel):

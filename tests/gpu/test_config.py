@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from exporter.config import load_config
+from exporter.settings import ConfigError
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -48,3 +51,22 @@ def test_env_overrides_the_gpu_interval(tmp_path: Path) -> None:
     cfg = load_config(path, environ=env)
     assert cfg.collectors.gpu.interval_seconds == 2.5
     assert load_config(path, environ={}).collectors.gpu.interval_seconds == 10
+
+
+def test_other_components_variables_do_not_break_the_exporter(tmp_path: Path) -> None:
+    """The remediator's token, the probe's switch and ./run's cache share the INFERWATCH_ prefix."""
+    env = {
+        "INFERWATCH_REMEDIATOR_TOKEN": "secret",
+        "INFERWATCH_PROBE_DIR": str(tmp_path),
+        "INFERWATCH_CACHE": str(tmp_path),
+        "INFERWATCH_LOG_FORMAT": "json",
+    }
+    assert load_config(None, environ=env).log_format == "json"
+
+
+def test_flags_win_over_env_and_a_typo_in_env_fails_fast(tmp_path: Path) -> None:
+    env = {"INFERWATCH_LISTEN": "127.0.0.1:1111"}
+    cfg = load_config(None, environ=env, flags={"listen": "127.0.0.1:2222"})
+    assert cfg.listen == "127.0.0.1:2222"
+    with pytest.raises(ConfigError, match="listn: unknown key"):
+        load_config(None, environ={"INFERWATCH_LISTN": "127.0.0.1:1111"})

@@ -10,6 +10,7 @@ import json
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -131,6 +132,33 @@ async def test_recheck_confirmed_by_a_matching_series_acts(
     async with running(cfg) as (url, remediator):
         await send(url, notification({**BACKLOG, "deployment": "web"}, expr=expr))
         await settled(remediator, 1)
+        await wait_for(lambda: results(remediator, "succeeded"), what="the scale-up")
+
+
+@pytest.mark.integration
+async def test_recheck_ignores_the_metric_name_a_comparison_keeps(
+    tmp_path: Path, prometheus_url: str
+) -> None:
+    """`metric == 0` returns series that still carry `__name__`; the alert never does."""
+    cfg = web(tmp_path, prometheus_url=prometheus_url)
+    series = (
+        'label_replace(label_replace(vector(0), "__name__", "uuid:inferwatch_gpu_up:max", "", ""),'
+        ' "deployment", "web", "", "")'
+    )
+    expr = f"{series} == 0"
+    async with running(cfg) as (url, remediator):
+        # the query really returns the metric name (what the e2e demo's GPULost returned)
+        assert remediator.prometheus is not None
+        (sample,) = await remediator.prometheus.query(expr)
+        assert sample.labels["__name__"] == "uuid:inferwatch_gpu_up:max"
+        # still matched on the other labels: another deployment's series does not confirm
+        other = quote(expr.replace('"web"', '"other"'))
+        await send(url, notification({**BACKLOG, "deployment": "web"}, expr=other))
+        (entry,) = await settled(remediator, 1)
+        assert entry.reason.startswith("recheck: the expression no longer returns")
+        await send(
+            url, notification({**BACKLOG, "deployment": "web"}, expr=quote(expr), fingerprint="f2")
+        )
         await wait_for(lambda: results(remediator, "succeeded"), what="the scale-up")
 
 

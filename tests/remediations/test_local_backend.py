@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from remediations.backends.local import LocalBackend
@@ -17,6 +20,7 @@ from tests.remediations.conftest import (
     FIXTURES,
     TOKEN,
     deployment,
+    http_engine,
     make_config,
     results,
     running,
@@ -82,6 +86,18 @@ async def test_endpoint_files_follow_the_file_sd_contract(tmp_path: Path) -> Non
         assert len(json.loads((tmp_path / "endpoints.json").read_text())) == 3
     assert json.loads((tmp_path / "endpoints.json").read_text()) == []
     assert all(not r.running for r in replicas)
+
+
+async def test_a_stopped_replica_is_continued_and_ends_on_sigterm(tmp_path: Path) -> None:
+    """SIGSTOPped (hung) engines must get SIGTERM, not wait out the timeout for SIGKILL."""
+    async with LocalBackend(
+        settings(tmp_path, deployment("web", replicas=2, stop_timeout_seconds=3))
+    ) as backend:
+        replica = backend.replicas_of("web")[1]
+        assert replica.process is not None
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        await backend.set_replicas(TargetRef(deployment="web"), 1)
+        assert replica.process.returncode == -signal.SIGTERM
 
 
 async def test_command_template_is_an_argv_not_a_shell(tmp_path: Path) -> None:
@@ -153,7 +169,7 @@ async def test_drain_node_moves_replicas_off_a_gpu(tmp_path: Path) -> None:
         assert f"{on_gpu0[0].address} -> " in done.reason
 
 
-async def test_swap_model_and_back_after_the_alert_resolves(tmp_path: Path) -> None:
+def swap_config(tmp_path: Path, **overrides: Any) -> Any:
     playbooks = tmp_path / "p.yaml"
     playbooks.write_text(
         yaml.safe_dump(
@@ -169,30 +185,98 @@ async def test_swap_model_and_back_after_the_alert_resolves(tmp_path: Path) -> N
             }
         )
     )
+    # Replicas take a second to start, so the swap (a rolling restart) takes a few.
     dep = deployment(
-        "web", replicas=2, model="big.gguf", model_name="big", lighter_model="small.gguf"
+        "web",
+        replicas=2,
+        model="big.gguf",
+        model_name="big",
+        lighter_model="small.gguf",
+        command=[*http_engine(delay=1.0), "{model}"],
     )
-    dep["command"] = [*dep["command"], "{model}"]
-    cfg = make_config(
+    return make_config(
         tmp_path,
         prometheus_url=None,
         deployments=[dep],
         playbooks=str(playbooks),
         guards={"recheck": False},
+        **overrides,
     )
-    labels = {
-        "alertname": "InferwatchLLMCapacityExhausted",
-        "remediation": "swap_model",
-        "model": "big",
-    }
-    async with running(cfg, playbooks=load_playbooks(playbooks)) as (url, remediator):
+
+
+SWAP_ALERT = {
+    "alertname": "InferwatchLLMCapacityExhausted",
+    "remediation": "swap_model",
+    "model": "big",
+}
+
+
+def served(tmp_path: Path) -> set[str]:
+    """The `model` labels of the endpoint and scrape files."""
+    entries = [
+        *json.loads((tmp_path / "endpoints.json").read_text()),
+        *json.loads((tmp_path / "scrape.json").read_text()),
+    ]
+    return {e["labels"]["model"] for e in entries}
+
+
+@pytest.mark.parametrize("resolves", ["after the swap", "during the swap"])
+async def test_swap_model_and_back_after_the_alert_resolves(tmp_path: Path, resolves: str) -> None:
+    """Restarting replicas changes what the rule sees, so the alert may resolve mid-swap."""
+    cfg = swap_config(tmp_path)
+    async with running(cfg, playbooks=load_playbooks(cfg.playbooks)) as (url, remediator):
         backend = remediator.backend
-        await send(url, notification(labels))
+        await send(url, notification(SWAP_ALERT))
+        if resolves == "during the swap":
+            swap = await wait_for(lambda: remediator.state.swap("deployment/web"), what="swap")
+            assert swap.in_flight
+            await send(url, notification(SWAP_ALERT, status="resolved"))
         await wait_for(lambda: results(remediator, "succeeded"), what="swap")
         assert {r.model for r in backend.replicas_of("web")} == {"small.gguf"}
+        # the files name the model being served, not the configured one
+        assert served(tmp_path) == {"small.gguf"}
         assert all(r.serving for r in backend.replicas_of("web"))
-        await send(url, notification(labels, status="resolved"))
+        if resolves == "after the swap":
+            await send(url, notification(SWAP_ALERT, status="resolved"))
         await wait_for(lambda: len(results(remediator, "succeeded")) == 2, what="swap back")
         assert {r.model for r in backend.replicas_of("web")} == {"big.gguf"}
+        assert served(tmp_path) == {"big"}
         argv = [p for r in backend.replicas_of("web") for p in [r.process]]
         assert all(p is not None and p.returncode is None for p in argv)
+        assert remediator.state.swap("deployment/web") is None
+
+
+async def test_an_alert_firing_again_keeps_the_lighter_model(tmp_path: Path) -> None:
+    cfg = swap_config(tmp_path)
+    async with running(cfg, playbooks=load_playbooks(cfg.playbooks)) as (url, remediator):
+        await send(url, notification(SWAP_ALERT))
+        await wait_for(lambda: remediator.state.swap("deployment/web"), what="swap")
+        await send(url, notification(SWAP_ALERT, status="resolved"))
+        # a late copy of the first notification is not a new firing ...
+        await send(url, notification(SWAP_ALERT))
+        await wait_for(lambda: results(remediator, "succeeded"), what="swap")
+        swap = remediator.state.swap("deployment/web")
+        assert swap is not None and swap.back_at is not None
+        # ... a new episode is (the swap back waits for it to resolve)
+        await send(url, notification({**SWAP_ALERT, "model": "small.gguf"}, fingerprint="2"))
+        await wait_for(lambda: remediator.state.swap("deployment/web").back_at is None)
+        assert {r.model for r in remediator.backend.replicas_of("web")} == {"small.gguf"}
+
+
+async def test_a_swap_cut_off_by_a_restart_is_undone_after_the_alert_resolved(
+    tmp_path: Path,
+) -> None:
+    cfg = swap_config(tmp_path, shutdown_timeout_seconds=0)
+    async with running(cfg, playbooks=load_playbooks(cfg.playbooks)) as (url, remediator):
+        await send(url, notification(SWAP_ALERT))
+        await wait_for(lambda: remediator.state.swap("deployment/web"), what="swap")
+        await send(url, notification(SWAP_ALERT, status="resolved"))
+        await wait_for(lambda: remediator.state.swap("deployment/web").resolved_at)
+    # stopped mid-swap; the next run knows both the swap and that its alert resolved
+    async with running(cfg, playbooks=load_playbooks(cfg.playbooks)) as (url, remediator):
+        await wait_for(
+            lambda: remediator.state.swap("deployment/web") is None, what="the swap back"
+        )
+        (back,) = [e for e in results(remediator, "succeeded") if e.action == "swap_model"]
+        assert back.reason == "web already serves big.gguf"
+        assert {r.model for r in remediator.backend.replicas_of("web")} == {"big.gguf"}

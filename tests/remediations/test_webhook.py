@@ -15,6 +15,7 @@ from tests.remediations.conftest import (
     FIXTURES,
     TOKEN,
     deployment,
+    http_engine,
     make_config,
     results,
     running,
@@ -199,3 +200,47 @@ async def test_actions_endpoint_shape_newest_first(tmp_path: Path) -> None:
         "result": "blocked",
         "reason": "cooldown: test",
     }
+
+
+async def test_running_actions_are_listed_apart_and_results_keep_the_four_values(
+    tmp_path: Path,
+) -> None:
+    """`result` is succeeded, failed, dry_run or blocked; a running action has none yet."""
+    cfg = make_config(
+        tmp_path,
+        prometheus_url=None,
+        deployments=[deployment("web", command=http_engine(delay=2.0))],
+        guards={"recheck": False},
+    )
+    payload = firing_payload()
+    payload["alerts"][0]["labels"] = {
+        "alertname": "InferwatchLLMQueueBacklog",
+        "remediation": "scale_up",
+        "deployment": "web",
+    }
+
+    async def listing(s: aiohttp.ClientSession) -> dict[str, Any]:
+        async with s.get(f"{url}/actions", headers=AUTH) as resp:
+            body: dict[str, Any] = await resp.json()
+        assert {a["result"] for a in body["actions"]} <= {
+            "succeeded",
+            "failed",
+            "dry_run",
+            "blocked",
+        }
+        return body
+
+    async with running(cfg) as (url, remediator), aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/alerts", json=payload, headers=AUTH) as resp:
+            assert resp.status == 202
+        await wait_for(lambda: remediator.state.in_progress(), what="the scale-up to start")
+        body = await listing(s)
+        assert body["actions"] == []
+        (running_now,) = body["in_progress"]
+        assert running_now["action"] == "scale"
+        assert running_now["plan"] == "scale web from 1 to 2 replicas"
+        assert "result" not in running_now
+        await wait_for(lambda: results(remediator, "succeeded"), what="the scale-up")
+        body = await listing(s)
+        assert body["in_progress"] == []
+        assert [a["result"] for a in body["actions"]] == ["succeeded"]
