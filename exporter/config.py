@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from exporter.collectors.cuda_allocator import CudaAllocatorSettings
 from exporter.collectors.gpu import GpuSettings
 from exporter.collectors.llm import LlmSettings
 from exporter.logs import LogFormat, LogLevel
-from exporter.settings import FrozenModel, load_settings
+from exporter.settings import FrozenModel, HostPort, ServiceConfig, load_settings
 
 ENV_PREFIX = "INFERWATCH_"
 # Variables of the other components share the prefix; they are not exporter settings.
@@ -27,8 +27,8 @@ class CollectorsConfig(FrozenModel):
     llm: LlmSettings = LlmSettings()
 
 
-class ExporterConfig(FrozenModel):
-    listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT to serve /metrics on.")
+class ExporterConfig(ServiceConfig):
+    listen: HostPort = Field(DEFAULT_LISTEN, description="HOST:PORT to serve /metrics on.")
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     simulate: str | None = Field(
@@ -36,22 +36,6 @@ class ExporterConfig(FrozenModel):
     )
     proc_root: str = Field("/proc", description="Where to read /proc/<pid>/cgroup (host /proc).")
     collectors: CollectorsConfig = CollectorsConfig()
-
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9835")
-        return value
-
-    @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
 
     def enabled_collectors(self) -> dict[str, Any]:
         """Settings of the enabled collectors, by name."""

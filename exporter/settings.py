@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -25,6 +25,30 @@ class FrozenModel(BaseModel):
     """Base for every config model: immutable, and unknown keys are errors, not ignored."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9835")
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
+class ServiceConfig(FrozenModel):
+    """A service's config: where it listens (each service sets its own default)."""
+
+    listen: HostPort
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from exporter.logs import LogFormat, LogLevel
-from exporter.settings import ConfigError, FrozenModel, load_settings
+from exporter.settings import ConfigError, FrozenModel, HostPort, ServiceConfig, load_settings
 from remediations.backends.local_settings import LocalSettings
 
 ENV_PREFIX = "INFERWATCH_REMEDIATOR_"
@@ -96,8 +96,8 @@ class KubernetesSettings(FrozenModel):
     events: bool = Field(True, description="Record a Kubernetes Event for every action.")
 
 
-class RemediatorConfig(FrozenModel):
-    listen: str = Field(DEFAULT_LISTEN, description="HOST:PORT for the webhook.")
+class RemediatorConfig(ServiceConfig):
+    listen: HostPort = Field(DEFAULT_LISTEN, description="HOST:PORT for the webhook.")
     token: str | None = Field(None, description="Bearer token Alertmanager sends.")
     token_file: Path | None = Field(None, description="File holding the bearer token.")
     tls: TlsSettings | None = None
@@ -130,14 +130,6 @@ class RemediatorConfig(FrozenModel):
     def _token_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int | float) else value
 
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9836")
-        return value
-
     @field_validator("name_patterns")
     @classmethod
     def _regexes(cls, value: list[str]) -> list[str]:
@@ -158,14 +150,6 @@ class RemediatorConfig(FrozenModel):
                 "(set guards.recheck: false to act without re-checking alerts)"
             )
         return self
-
-    @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
 
     def bearer_token(self) -> str:
         """The token from `token` or `token_file`; a missing or empty one is a config error."""
