@@ -720,23 +720,7 @@ def running_stack(
     exporter_url = f"http://{LOOPBACK}:{exporter_port}"
     _exporter_config(workdir / "exporter.yaml", llama_url)
     _prometheus_config(workdir / "prometheus.yml", exporter_port, rule_files)
-    exporter = ManagedProcess(
-        "exporter",
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--simulate",
-            "default",
-            "--config",
-            str(workdir / "exporter.yaml"),
-            "--listen",
-            f"{LOOPBACK}:{exporter_port}",
-        ],
-        workdir / "exporter.log",
-        ready_url=f"{exporter_url}/metrics",
-        cwd=REPO,
-    )
+    exporter = services.exporter(workdir, exporter_port, config=workdir / "exporter.yaml")
     llama = services.llama_server(model, workdir, llama_port)
     prometheus = services.prometheus(workdir / "prometheus.yml", workdir, prom_port)
     started: list[ManagedProcess] = []

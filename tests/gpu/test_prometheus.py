@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -13,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from demo.services import LOOPBACK, ManagedProcess, free_port, prometheus
+from demo import services
+from demo.services import LOOPBACK, free_port, prometheus
 
 pytestmark = [
     pytest.mark.integration,
@@ -50,20 +50,8 @@ def post_json(url: str, body: dict[str, Any]) -> None:
 
 def test_prometheus_scrapes_simulated_gpu_series(tmp_path: Path) -> None:
     exporter_port, prom_port = free_port(), free_port()
-    exporter = ManagedProcess(
-        "exporter",
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--simulate",
-            "default",
-            "--listen",
-            f"{LOOPBACK}:{exporter_port}",
-        ],
-        tmp_path / "exporter.log",
-        ready_url=f"http://{LOOPBACK}:{exporter_port}/readyz",
-        env={"INFERWATCH_COLLECTORS__GPU__INTERVAL_SECONDS": "1"},
+    exporter = services.exporter(
+        tmp_path, exporter_port, env={"INFERWATCH_COLLECTORS__GPU__INTERVAL_SECONDS": "1"}
     )
     config = tmp_path / "prometheus.yml"
     config.write_text(

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from demo.services import LOOPBACK, ManagedProcess, free_port
+from demo import services
+from demo.services import LOOPBACK, free_port
 from tests.rules import ruleset
 
 FIXTURES = ruleset.ROOT / "tests" / "fixtures" / "engines"
@@ -94,16 +95,7 @@ def exporter_output(engine_url: str, tmp_path_factory: pytest.TempPathFactory) -
     )
     port = free_port()
     url = f"http://{LOOPBACK}:{port}/metrics"
-    argv = [
-        EXPORTER,
-        "--config",
-        str(config),
-        "--simulate",
-        "default",
-        "--listen",
-        f"{LOOPBACK}:{port}",
-    ]
-    with ManagedProcess("exporter", argv, work / "exporter.log", ready_url=url) as proc:
+    with services.exporter(work, port, config=config) as proc:
         # Xid counters exist only after a first event: inject an application Xid (13).
         inject = urllib.request.Request(
             f"http://{LOOPBACK}:{port}/-/simulate",

@@ -5,7 +5,6 @@ drain_node playbook needs, and only for that GPU."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,11 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from demo.services import LOOPBACK, ManagedProcess, free_port, prometheus
+from demo import services
+from demo.services import LOOPBACK, free_port, prometheus
 from tests.rules import ruleset
 from tests.rules.overrides import apply_overrides
 
-EXPORTER = str(Path(sys.executable).parent / "inferwatch-exporter")
 # Test-only override, the chart's mechanism: evaluate every second, no waiting on `for`.
 OVERRIDES = {"alerts": {"InferwatchGPULost": {"for": "0s"}}, "groupInterval": "1s"}
 
@@ -78,12 +77,7 @@ def test_xid79_reaches_prometheus_alerts(tmp_path: Path) -> None:
             }
         )
     )
-    exporter = ManagedProcess(
-        "exporter",
-        [EXPORTER, "--simulate", "default", "--listen", f"{LOOPBACK}:{exporter_port}"],
-        tmp_path / "exporter.log",
-        ready_url=f"http://{LOOPBACK}:{exporter_port}/metrics",
-    )
+    exporter = services.exporter(tmp_path, exporter_port)
     prom_url = f"http://{LOOPBACK}:{prom_port}"
     with exporter, prometheus(config, tmp_path, prom_port):
         query = f"{prom_url}/api/v1/query?query=uuid:inferwatch_gpu_up:max"
