@@ -106,18 +106,19 @@ class LlmCollector(Collector[LlmSettings]):
             self._pods = PodWatcher(settings.kubernetes)
         self._states: dict[str, TargetState] = {}
 
-    def targets(self) -> list[Target]:
+    async def targets(self) -> list[Target]:
         """Static, then file_sd, then Kubernetes; the first target with a name wins."""
         found: dict[str, Target] = {}
         if self._pods is not None:
             self._pods.start()
         pods = self._pods.targets() if self._pods else []
-        for target in [*self._static, *self._file_sd.targets(), *pods]:
+        file_sd = await asyncio.to_thread(self._file_sd.targets)  # file reads off the loop
+        for target in [*self._static, *file_sd, *pods]:
             found.setdefault(target.name, target)
         return list(found.values())
 
     async def update(self) -> Sequence[Metric]:
-        targets = self.targets()
+        targets = await self.targets()
         await self._sync_states(targets)
         states = [self._states[t.name] for t in targets]
         results = await asyncio.gather(*(self._scrape(s) for s in states))
