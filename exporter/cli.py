@@ -34,7 +34,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         prog="inferwatch-exporter",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="See README.md for every config key and metric.",
+        epilog="See docs/exporter.md for every config key and metric.",
     )
     p.add_argument("--config", metavar="FILE", help="YAML config file")
     p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (0.0.0.0:9835)")

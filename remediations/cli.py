@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="inferwatch-remediator",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="See README.md for playbooks, guards and the local backend.",
+        epilog="See docs/remediator.md for playbooks, guards and the local backend.",
     )
     p.add_argument("--config", metavar="FILE", help="YAML config file")
     p.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (0.0.0.0:9836)")
