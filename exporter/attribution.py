@@ -7,13 +7,18 @@ them: `/var/log/containers/<pod>_<namespace>_<container>-<container id>.log` and
 `proc_root` (so a host mounted at `/host` gives `/host/proc` and `/host/var/log`).
 
 NVML reports host PIDs, so the exporter needs the host's /proc (hostPID, or host /proc mounted at
-proc_root). Results are cached per (pid, process start time), so a recycled PID is re-read.
+proc_root). Results are cached per (pid, process start time), so a recycled PID is re-read;
+entries not asked for in `forget_after_seconds` are pruned, and the container index holds only
+what the last listing of the log directory showed. One resolver serves every collector
+(thread-safe), so the gpu and cuda_allocator collectors name a process the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +68,45 @@ def start_time(stat_text: str) -> int | None:
 class PodResolver:
     """pid -> PodRef | None; cheap to call every refresh (one small /proc read per known pid)."""
 
-    def __init__(self, proc_root: str | Path = "/proc", log_root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        proc_root: str | Path = "/proc",
+        log_root: str | Path | None = None,
+        forget_after_seconds: float = 60.0,
+    ) -> None:
         self.proc_root = Path(proc_root)
         self.log_root = Path(log_root) if log_root else self.proc_root.parent / "var" / "log"
+        self.forget_after_seconds = forget_after_seconds
+        self._lock = threading.Lock()
         self._by_pid: dict[int, tuple[int, PodRef | None]] = {}
+        self._asked: dict[int, float] = {}  # pid -> when a collector last asked
         self._by_container: dict[str, PodRef] = {}
+
+    def resolve(self, pids: Iterable[int]) -> dict[int, PodRef | None]:
+        """Pods of these processes (blocking file reads: call from a worker thread)."""
+        with self._lock:
+            now = time.monotonic()
+            result = {}
+            for pid in pids:
+                self._asked[pid] = now
+                result[pid] = self._for_pid(pid)
+            self._prune(now)
+            return result
 
     def for_pid(self, pid: int) -> PodRef | None:
         """The pod of a running process, or None (not in a pod, gone, or unreadable)."""
+        return self.resolve([pid])[pid]
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
+    def _prune(self, now: float) -> None:
+        old = [p for p, at in self._asked.items() if now - at > self.forget_after_seconds]
+        for pid in old:
+            del self._asked[pid]
+            self._by_pid.pop(pid, None)
+
+    def _for_pid(self, pid: int) -> PodRef | None:
         try:
             started = start_time((self.proc_root / str(pid) / "stat").read_text())
         except OSError:
@@ -87,12 +123,6 @@ class PodResolver:
         if started is not None:
             self._by_pid[pid] = (started, ref)
         return ref
-
-    def retain(self, pids: Iterable[int]) -> None:
-        """Forget processes that are no longer running, so the cache stays bounded."""
-        keep = set(pids)
-        for pid in [p for p in self._by_pid if p not in keep]:
-            del self._by_pid[pid]
 
     def _name(self, uid: str, container_id: str | None) -> PodRef:
         if container_id:
@@ -112,12 +142,14 @@ class PodResolver:
             names = [p.name for p in (self.log_root / "containers").iterdir()]
         except OSError:
             return None
+        index: dict[str, PodRef] = {}
         for name in names:
             stem, _, last = name.removesuffix(".log").rpartition("-")
             parts = stem.split("_")
             if len(last) == 64 and len(parts) == 3:  # names never contain "_"
-                self._by_container[last] = PodRef(parts[1], parts[0], parts[2])
-        return self._by_container.get(container_id)
+                index[last] = PodRef(parts[1], parts[0], parts[2])
+        self._by_container = index  # what is listed now: deleted containers drop out
+        return index.get(container_id)
 
     def _from_pod_logs(self, uid: str) -> PodRef | None:
         try:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, create_model
 
-from exporter.collectors.cuda_allocator import CudaAllocatorSettings
-from exporter.collectors.gpu import GpuSettings
-from exporter.collectors.llm import LlmSettings
+from exporter.collectors import COLLECTORS
 from exporter.logs import LogFormat, LogLevel
 from exporter.settings import FrozenModel, HostPort, ServiceConfig, load_settings
 
@@ -19,12 +17,19 @@ ENV_IGNORE = ("REMEDIATOR_", "PROBE_", "CACHE")
 DEFAULT_LISTEN = "0.0.0.0:9835"
 
 
-class CollectorsConfig(FrozenModel):
-    """One section per collector; the key is the collector's name."""
+if TYPE_CHECKING:
+    # Built from the registry below; to the type checker a section is any collector's settings.
+    class CollectorsConfig(FrozenModel):
+        def __getattr__(self, name: str) -> Any: ...
 
-    gpu: GpuSettings = GpuSettings()
-    cuda_allocator: CudaAllocatorSettings = CudaAllocatorSettings()
-    llm: LlmSettings = LlmSettings()
+else:
+    # One section per registered collector (key: its name, model: its `settings_model`), built
+    # from the registry, so adding a collector touches only its own file.
+    CollectorsConfig = create_model(
+        "CollectorsConfig",
+        __base__=FrozenModel,
+        **{name: (cls.settings_model, cls.settings_model()) for name, cls in COLLECTORS.items()},
+    )
 
 
 class ExporterConfig(ServiceConfig):
@@ -35,6 +40,11 @@ class ExporterConfig(ServiceConfig):
         None, description="Run against simulated GPUs and probe files (a scenario name)."
     )
     proc_root: str = Field("/proc", description="Where to read /proc/<pid>/cgroup (host /proc).")
+    log_root: str | None = Field(
+        None,
+        description="Directory holding the kubelet's containers/ and pods/ log dirs, used to "
+        "name pods; default: var/log next to proc_root.",
+    )
     collectors: CollectorsConfig = CollectorsConfig()
 
     def enabled_collectors(self) -> dict[str, Any]:

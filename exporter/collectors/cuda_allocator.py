@@ -1,8 +1,8 @@
 """PyTorch caching-allocator state from the probe files written inside inference processes.
 
-Each refresh lists the probe directory off the event loop (asyncio.to_thread), re-parses only
-files whose mtime or size changed, drops files that are stale (older than `stale_after_seconds`,
-or whose process is gone per `proc_root`) and removes them, and skips corrupt ones with one log
+Each refresh lists the probe directory on the collector's own thread, re-parses only files
+whose mtime or size changed, drops files that are stale (older than `stale_after_seconds`, or
+whose process is gone per `proc_root`) and removes them, and skips corrupt ones with one log
 line each. NVML's per-process memory (same pid, on the NVML worker thread) is joined in to show GPU
 memory held outside the allocator (CUDA context, NCCL, cuBLAS workspaces, custom allocators).
 
@@ -13,25 +13,34 @@ time; a process in the exporter's own pid namespace is looked up directly.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pynvml
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field
 
 from exporter import NAMESPACE
 from exporter.attribution import PodResolver
-from exporter.collectors.base import Collector, CollectorContext, CollectorSettings, register
-from exporter.nvml import NvmlBusyError
+from exporter.catalog import MetricSpec, counter, gauge
+from exporter.collectors.base import (
+    Collector,
+    CollectorContext,
+    CollectorSettings,
+    NoDataError,
+    register,
+)
+from exporter.nvml import (
+    NvmlBusyError,
+    NvmlError,
+    NvmlUnavailableError,
+    ProcessReading,
+    read_processes,
+)
 from exporter.probe import files, formulas
 
 log = logging.getLogger(__name__)
@@ -112,11 +121,11 @@ class BadProbeFileError(ValueError):
 
 
 def _int_map(value: Any, what: str) -> dict[str, int]:
+    """The integer fields of an object; a negative or oversized count rejects the file."""
     if not isinstance(value, dict):
         raise BadProbeFileError(f"{what} is not an object")
-    return {
-        str(k): int(v) for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)
-    }
+    counts = {str(k): files.count_value(v, f"{what}.{k}") for k, v in value.items()}
+    return {k: v for k, v in counts.items() if v is not None}
 
 
 def _groups(value: Any) -> dict[str, dict[str, int]] | None:
@@ -132,20 +141,17 @@ def _groups(value: Any) -> dict[str, dict[str, int]] | None:
     }
 
 
-def _optional_number(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def parse_probe_file(name: str, data: bytes) -> ProbeRecord:
     """Parse and check one probe file; raise ValueError (incl. JSON errors) when it is unusable."""
-    doc = json.loads(data)
+    doc = files.load_json(data)
     if not isinstance(doc, dict):
         raise BadProbeFileError("top level is not an object")
     if not str(doc.get("format", "")).startswith("inferwatch-probe/1"):
         raise BadProbeFileError(f"unknown format {doc.get('format')!r}")
-    pid, written_at = doc.get("pid"), _optional_number(doc.get("written_at"))
-    if not isinstance(pid, int) or pid <= 0 or written_at is None:
-        raise BadProbeFileError("pid or written_at missing")
+    pid = doc.get("pid")
+    written_at = files.timestamp_value(doc.get("written_at"), "written_at")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**31:
+        raise BadProbeFileError("pid missing or not a process id")
     devices = []
     raw_devices = doc.get("devices")
     if not isinstance(raw_devices, list):
@@ -162,13 +168,15 @@ def parse_probe_file(name: str, data: bytes) -> ProbeRecord:
     kubernetes = (
         (str(k8s.get("namespace", "")), str(k8s.get("pod", ""))) if isinstance(k8s, dict) else None
     )
-    ticks = doc.get("start_time_ticks")
+    ticks, started = doc.get("start_time_ticks"), doc.get("start_time_seconds")
     namespace = doc.get("pid_namespace")
     return ProbeRecord(
         name=name,
         pid=pid,
-        start_ticks=ticks if isinstance(ticks, int) else None,
-        start_time_seconds=_optional_number(doc.get("start_time_seconds")),
+        start_ticks=files.count_value(ticks, "start_time_ticks"),
+        start_time_seconds=None
+        if started is None
+        else files.timestamp_value(started, "start_time_seconds"),
         pid_namespace=namespace if isinstance(namespace, str) else None,
         written_at=written_at,
         kubernetes=kubernetes,
@@ -183,19 +191,12 @@ def parse_probe_file(name: str, data: bytes) -> ProbeRecord:
 ProcessMemory = dict[int, dict[str, int | None]]
 
 
-def read_process_memory() -> ProcessMemory:
-    """Runs on the NVML worker thread only."""
+def by_pid(by_gpu: Mapping[str, Sequence[ProcessReading]]) -> ProcessMemory:
+    """NVML's per-GPU process lists turned around: host pid -> {gpu uuid: used bytes}."""
     result: ProcessMemory = {}
-    for index in range(pynvml.nvmlDeviceGetCount()):
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            uuid = pynvml.nvmlDeviceGetUUID(handle)
-            processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-        except pynvml.NVMLError:
-            continue  # a lost GPU: the gpu collector reports it; its processes are unknown here
-        uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+    for uuid, processes in by_gpu.items():
         for process in processes:
-            result.setdefault(int(process.pid), {})[uuid] = process.usedGpuMemory
+            result.setdefault(process.pid, {})[uuid] = process.used_bytes
     return result
 
 
@@ -220,15 +221,18 @@ class _Cached:
 class ProbeDirectory:
     """The probe directory and what was parsed from it; used from one worker thread at a time."""
 
-    def __init__(self, settings: CudaAllocatorSettings, proc_root: str) -> None:
+    def __init__(
+        self, settings: CudaAllocatorSettings, proc_root: str, pods: PodResolver | None = None
+    ) -> None:
         self.settings = settings
         self.path = Path(settings.probe_dir)
         self.proc_root = Path(proc_root)
-        self.pods = PodResolver(proc_root)
+        self.pods = pods or PodResolver(proc_root)
         self._cache: dict[str, _Cached] = {}
         self._missing_logged = False
-        # A refresh abandoned on timeout leaves its thread running; the next one waits for it.
-        self.lock = threading.Lock()
+        self.skipped = dict.fromkeys(files.REJECT_REASONS, 0)
+        """Probe files skipped, by reason; each version of a file (mtime, size) counted once."""
+        self._duplicates: set[str] = set()
 
     def _remove(self, path: Path, why: str) -> None:
         if not self.settings.remove_stale:
@@ -258,7 +262,7 @@ class ProbeDirectory:
         for entry in entries:
             name = entry.name
             try:
-                st = entry.stat()
+                st = entry.stat(follow_symlinks=False)  # a symlink's target is never read
             except OSError:
                 continue  # removed meanwhile
             if now - st.st_mtime > stale_after:
@@ -280,13 +284,21 @@ class ProbeDirectory:
         return records
 
     def _parse(self, path: Path) -> ProbeRecord | None:
+        """The file's record, or None: a bad file is skipped, logged and counted (once per
+        version), never fails the refresh."""
         try:
-            return parse_probe_file(path.name, path.read_bytes())
-        except OSError:
-            return None
-        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
-            log.warning("skipping probe file %s: %s", path, exc)
-            return None
+            return parse_probe_file(path.name, files.read_bounded(path))
+        except FileNotFoundError:
+            return None  # removed since it was listed
+        except files.RejectedFileError as exc:
+            self._skip(path, exc.reason, exc)
+        except (ValueError, TypeError) as exc:  # a document of the wrong shape
+            self._skip(path, "invalid", exc)
+        return None
+
+    def _skip(self, path: Path, reason: str, error: Exception) -> None:
+        self.skipped[reason] += 1
+        log.warning("skipping probe file %s (%s): %s", path, reason, error)
 
     def _read(self, pid: int, name: str) -> str | None:
         try:
@@ -328,7 +340,10 @@ class ProbeDirectory:
         series: dict[tuple[str, str, str, str, str], _Series] = {}
         info: set[tuple[str, ...]] = set()
         live_pids: list[int] = []
-        for record in records:
+        processes: set[tuple[object, ...]] = set()
+        duplicates: set[str] = set()
+        # Newest first: of several files claiming one process, the latest write is the truth.
+        for record in sorted(records, key=lambda r: r.written_at, reverse=True):
             host_pid = host_pids.get((record.pid, record.start_ticks))
             if host_pid is None and record.pid_namespace == view:
                 if not self._alive_here(record):
@@ -336,20 +351,41 @@ class ProbeDirectory:
                     self._cache.pop(record.name, None)
                     continue
                 host_pid = record.pid
+            process = (
+                ("host", host_pid)
+                if host_pid is not None
+                else (record.pid_namespace, record.pid, record.start_ticks)
+            )
+            if process in processes:  # a copy would add its counters to the real file's
+                duplicates.add(record.name)
+                continue
+            processes.add(process)
             ref = self.pods.for_pid(host_pid) if host_pid is not None else None
             if host_pid is not None:
                 live_pids.append(host_pid)
-            if ref is not None:
-                who = (ref.namespace, ref.pod, ref.container)
-            elif record.kubernetes is not None:
-                who = (*record.kubernetes, "")
-            else:
-                who = ("", "", "")
+            # Only what the exporter resolved itself names a pod: the file's own `kubernetes`
+            # claim is never published (it could aim a restart alert at another team's pod).
+            who = (ref.namespace, ref.pod, ref.container) if ref is not None else ("", "", "")
             per_gpu = (memory or {}).get(host_pid, {}) if host_pid is not None else {}
             for device in record.devices:
                 self._add(series, info, record, device, who, per_gpu, now)
-        self.pods.retain(live_pids)
-        return build_families(series, info)
+        for name in sorted(duplicates - self._duplicates):
+            newer = ValueError("a newer file names the same process")
+            self._skip(self.path / name, "duplicate", newer)
+        self._duplicates = duplicates
+        return [*build_families(series, info), self.skipped_family()]
+
+    def skipped_family(self) -> Metric:
+        family = CounterMetricFamily(
+            f"{PREFIX}_probe_files_skipped",
+            "Probe files skipped, by reason: not_regular (FIFO, device, symlink), too_large, "
+            "unreadable, invalid (JSON, shape or values), duplicate (same process as a newer "
+            "file). Each version of a file counts once.",
+            labels=["reason"],
+        )
+        for reason, count in self.skipped.items():
+            family.add_metric([reason], count)
+        return family
 
     @staticmethod
     def _add(
@@ -435,36 +471,76 @@ def build_families(
     return families
 
 
+# What this collector publishes (checked against its output by tests/core/test_registration.py).
+METRICS: tuple[MetricSpec, ...] = (
+    *(gauge(f"{PREFIX}_{f}_bytes", GAUGE_HELP[f], LABELS) for f in formulas.POOL_GAUGES),
+    *(counter(f"{PREFIX}_{name}", text, LABELS) for name, text in COUNTER_HELP.items()),
+    gauge(
+        f"{PREFIX}_info",
+        "Allocator backend and settings of the processes on a GPU (value 1).",
+        [*LABELS, "backend", "expandable_segments", "torch_version"],
+    ),
+    gauge(f"{PREFIX}_probe_age_seconds", "Seconds since the probe last wrote.", LABELS),
+    gauge(
+        f"{PREFIX}_process_start_time_seconds",
+        "Start time of the (youngest) process, Unix seconds; for warm-up guards in alerts.",
+        LABELS,
+    ),
+    gauge(
+        f"{PREFIX}_outside_bytes",
+        "GPU memory the processes hold outside the allocator: NVML per-process used minus "
+        "reserved (CUDA context, NCCL, cuBLAS workspaces, custom allocators).",
+        LABELS,
+    ),
+    counter(
+        f"{PREFIX}_probe_files_skipped",
+        "Probe files skipped, by reason: not_regular (FIFO, device, symlink), too_large, "
+        "unreadable, invalid (JSON, shape or values), duplicate (same process as a newer "
+        "file). Each version of a file counts once.",
+        ["reason"],
+    ),
+)
+
+
 @register("cuda_allocator")
 class CudaAllocatorCollector(Collector[CudaAllocatorSettings]):
+    settings_model = CudaAllocatorSettings
+    metrics = METRICS
+
     def __init__(self, settings: CudaAllocatorSettings, context: CollectorContext) -> None:
         super().__init__(settings, context)
-        self.directory = ProbeDirectory(settings, context.proc_root)
+        self.directory = ProbeDirectory(settings, context.proc_root, context.pods)
         self._memory: ProcessMemory | None = None
         self._nvml_failed = False
 
     async def update(self) -> Sequence[Metric]:
+        """Blocking work on this collector's own thread: an abandoned refresh finishes first."""
         now = time.time()
-        records = await asyncio.to_thread(self._locked, self.directory.scan, now)
+        records = await self.run_blocking(self.directory.scan, now)
         memory = await self._process_memory() if records and self.settings.nvml_join else None
-        return await asyncio.to_thread(self._locked, self.directory.families, records, memory, now)
-
-    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
-        with self.directory.lock:
-            return fn(*args)
+        families = await self.run_blocking(self.directory.families, records, memory, now)
+        if not records and not any(self.directory.skipped.values()):
+            raise NoDataError("no_probe_files")
+        return families
 
     async def _process_memory(self) -> ProcessMemory | None:
-        """NVML's per-process memory; the last good answer while the worker is stuck."""
+        """NVML's per-process memory: the gpu collector's list from this interval if there is
+        one (one process list per refresh), else read now; the last good answer while the
+        worker is stuck."""
+        shared = self.context.nvml.processes.fresh(self.settings.interval_seconds)
+        if shared is not None:
+            self._memory = by_pid(shared)
+            return self._memory
+        nvml = self.context.nvml
         try:
-            self._memory = await self.context.nvml.run(read_process_memory)
+            self._memory = by_pid(await nvml.run(lambda: read_processes(nvml)))
         except NvmlBusyError:
             return self._memory
-        except pynvml.NVMLError as exc:
+        except (NvmlError, NvmlUnavailableError) as exc:
             if not self._nvml_failed:
                 log.info("no NVML per-process memory (outside_bytes not published): %s", exc)
                 self._nvml_failed = True
             self._memory = None
             return None
         self._nvml_failed = False
-        return self._memory
         return self._memory

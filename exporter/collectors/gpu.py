@@ -1,75 +1,87 @@
 """GPU health from NVML: identity, utilization, memory, thermals, power, clocks, throttling, ECC,
-Xid events, per-process memory attributed to pods, and MIG instances.
+Xid events with NVIDIA's recommended action per Xid, sticky health (recovery action, row
+remapping, PCIe replays and link state), per-process memory attributed to pods, and MIG instances.
 
-One refresh is one job on the NVML worker thread that returns plain values; families are built
-afterwards on the event loop. Per-GPU failures stay per GPU: NOT_SUPPORTED / FUNCTION_NOT_FOUND
-drop that one metric for that GPU (remembered, so it is not retried every refresh), a lost GPU
-reports `inferwatch_gpu_up 0` while the others keep reporting, and a GPU seen before but gone
-from NVML stays listed with up 0 so alerts can see it vanish.
+One refresh is one job on the NVML worker thread (exporter.nvml.GpuReader) that returns typed
+readings; families are built afterwards on the event loop. What an NVML error means (a dropped
+metric, a transient gap, a lost GPU) is decided by exporter.nvml.POLICY, in one place. A node
+without NVML or without GPUs is "no data", not a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import csv
+import functools
 import logging
-import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-import pynvml
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import Field
 
 from exporter import NAMESPACE
-from exporter.attribution import PodRef, PodResolver
-from exporter.collectors.base import Collector, CollectorContext, CollectorSettings, register
-from exporter.nvml import NvmlBusyError, XidWatcher
+from exporter.attribution import PodRef
+from exporter.catalog import MetricSpec, counter, gauge
+from exporter.collectors.base import (
+    Collector,
+    CollectorContext,
+    CollectorSettings,
+    NoDataError,
+    register,
+)
+from exporter.nvml import (
+    GPM_METRICS,
+    RECOVERY_ACTIONS,
+    THROTTLE_REASONS,
+    GpuReader,
+    GpuReading,
+    NvmlBusyError,
+    NvmlReading,
+    NvmlUnavailableError,
+    ReadOptions,
+    XidWatcher,
+)
+from exporter.snapshot import SnapshotStore
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 PREFIX = f"{NAMESPACE}_gpu"
-GPU_LABELS = ["gpu", "uuid"]
+GPU = ("gpu", "uuid")
+XID_CATALOG = Path(__file__).resolve().parents[1] / "gpu_xid_catalog.csv"
+SCOPES = ("application", "gpu", "node", "none")
+# How often the Xid re-publisher compares what is published with what was counted (it also
+# wakes on every Xid at once); catches a refresh that published older counts than the watcher.
+XID_RECHECK_SECONDS = 1.0
 
-# Errors meaning "this GPU cannot do that": drop the metric for this GPU, do not ask again.
-UNSUPPORTED = frozenset({pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
-# Errors meaning "this GPU is gone or broken": gpu_up 0 for it, the others keep reporting.
-LOST = frozenset(
-    {
-        pynvml.NVML_ERROR_GPU_IS_LOST,
-        pynvml.NVML_ERROR_UNKNOWN,
-        pynvml.NVML_ERROR_RESET_REQUIRED,
-        pynvml.NVML_ERROR_GPU_NOT_FOUND,
-    }
-)
-# NVML itself is absent: no driver on this host (or not mounted into the container).
-UNAVAILABLE = frozenset({pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED})
 
-CLOCKS = {
-    "graphics": pynvml.NVML_CLOCK_GRAPHICS,
-    "sm": pynvml.NVML_CLOCK_SM,
-    "memory": pynvml.NVML_CLOCK_MEM,
-}
-THROTTLE_REASONS = {
-    "gpu_idle": pynvml.nvmlClocksEventReasonGpuIdle,
-    "applications_clocks_setting": pynvml.nvmlClocksEventReasonApplicationsClocksSetting,
-    "sw_power_cap": pynvml.nvmlClocksEventReasonSwPowerCap,
-    "hw_slowdown": pynvml.nvmlClocksEventReasonHwSlowdown,
-    "sync_boost": pynvml.nvmlClocksEventReasonSyncBoost,
-    "sw_thermal_slowdown": pynvml.nvmlClocksEventReasonSwThermalSlowdown,
-    "hw_thermal_slowdown": pynvml.nvmlClocksEventReasonHwThermalSlowdown,
-    "hw_power_brake_slowdown": pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown,
-    "display_clock_setting": pynvml.nvmlClocksEventReasonDisplayClockSetting,
-}
-# One nvmlDeviceGetFieldValues call (one ioctl) for these; each entry has its own return code.
-FIELDS = {
-    "ecc_corrected": pynvml.NVML_FI_DEV_ECC_SBE_VOL_TOTAL,
-    "ecc_uncorrected": pynvml.NVML_FI_DEV_ECC_DBE_VOL_TOTAL,
-    "memory_temperature": pynvml.NVML_FI_DEV_MEMORY_TEMP,
-}
-MIG_MODES = {pynvml.NVML_DEVICE_MIG_DISABLE: "disabled", pynvml.NVML_DEVICE_MIG_ENABLE: "enabled"}
+@dataclass(frozen=True)
+class XidAction:
+    """NVIDIA's immediate action for one Xid and the group Inferwatch routes it by."""
+
+    action: str
+    scope: str
+    confirmed: str  # "catalog" (read on NVIDIA's page) or where else the row came from
+
+
+# An Xid missing from the catalog: treated as a GPU-level fault, never silently ignored.
+UNKNOWN_XID = XidAction("UNKNOWN", "gpu", "")
+
+
+@functools.cache
+def xid_actions(path: Path = XID_CATALOG) -> dict[int, XidAction]:
+    """The Xid catalog (exporter/gpu_xid_catalog.csv, its source in its header); ValueError if a
+    row is malformed, so a broken data file fails at start, not at the first Xid."""
+    rows = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    table: dict[int, XidAction] = {}
+    for row in csv.DictReader(rows):
+        if row["scope"] not in SCOPES or not row["action"]:
+            raise ValueError(f"{path.name}: bad row for Xid {row['xid']}: {row}")
+        table[int(row["xid"])] = XidAction(row["action"], row["scope"], row["confirmed"])
+    return table
 
 
 class GpuSettings(CollectorSettings):
@@ -81,401 +93,336 @@ class GpuSettings(CollectorSettings):
         "host's /proc at proc_root).",
     )
     xid_events: bool = Field(True, description="Count Xid errors from NVML's event API.")
-    log_root: str | None = Field(
-        None,
-        description="Directory holding the kubelet's containers/ and pods/ log dirs, used to "
-        "name pods; default: var/log next to proc_root.",
-    )
     reinit_interval_seconds: float = Field(
         60.0,
         gt=0,
         description="While a GPU is lost, re-initialize NVML this often (to see a reset GPU).",
     )
+    gpm: bool = Field(
+        False,
+        description="Profiling metrics from NVML GPM (SM activity and occupancy, tensor and DRAM "
+        "utilization, PCIe and NVLink throughput) where the GPU supports it (Hopper and later); "
+        "per MIG GPU instance when MIG is enabled.",
+    )
 
 
-class NvmlUnavailableError(RuntimeError):
-    """NVML cannot be loaded at all: the collector fails, the rest of the exporter serves on."""
+INFO = gauge(
+    f"{PREFIX}_info",
+    "GPU identity; always 1. Join on (gpu, uuid) for names and versions.",
+    [*GPU, "name", "pci_bus_id", "driver_version", "cuda_version", "mig_mode"],
+)
+UP = gauge(f"{PREFIX}_up", "1 if NVML answers for the GPU, 0 if it is lost or gone.", GPU)
+DEVICES = gauge(f"{PREFIX}_devices", "GPUs NVML reports on this host.")
+# GpuReading attribute -> spec, for the plain per-GPU gauges.
+GAUGES: dict[str, MetricSpec] = {
+    "utilization_ratio": gauge(
+        f"{PREFIX}_utilization_ratio",
+        "Fraction of the last sample period a kernel was running.",
+        GPU,
+    ),
+    "memory_copy_utilization_ratio": gauge(
+        f"{PREFIX}_memory_copy_utilization_ratio",
+        "Fraction of time device memory was read or written.",
+        GPU,
+    ),
+    "memory_total_bytes": gauge(f"{PREFIX}_memory_total_bytes", "Total device memory.", GPU),
+    "memory_used_bytes": gauge(
+        f"{PREFIX}_memory_used_bytes",
+        "Device memory allocated by processes (excludes reserved).",
+        GPU,
+    ),
+    "memory_free_bytes": gauge(
+        f"{PREFIX}_memory_free_bytes", "Device memory free for allocation.", GPU
+    ),
+    "memory_reserved_bytes": gauge(
+        f"{PREFIX}_memory_reserved_bytes", "Device memory reserved by the driver and firmware.", GPU
+    ),
+    "power_watts": gauge(f"{PREFIX}_power_watts", "Power draw.", GPU),
+    "power_limit_watts": gauge(f"{PREFIX}_power_limit_watts", "Enforced power limit.", GPU),
+}
+TEMPERATURE = gauge(f"{PREFIX}_temperature_celsius", "Temperature by sensor.", [*GPU, "sensor"])
+ENERGY = counter(f"{PREFIX}_energy_joules", "Energy consumed since the driver loaded.", GPU)
+CLOCK = gauge(f"{PREFIX}_clock_hertz", "Current clock frequency.", [*GPU, "clock"])
+THROTTLE = gauge(
+    f"{PREFIX}_throttle_active",
+    "1 while this clocks-event (throttle) reason is active.",
+    [*GPU, "reason"],
+)
+ECC = counter(
+    f"{PREFIX}_ecc_errors", "ECC errors since the driver loaded (volatile).", [*GPU, "type"]
+)
+XID = counter(
+    f"{PREFIX}_xid_errors",
+    "Xid errors reported by NVML events since the exporter started.",
+    [*GPU, "xid"],
+)
+XID_ACTION = gauge(
+    f"{PREFIX}_xid_action_info",
+    "NVIDIA's recommended immediate action for an Xid seen on this node (Xid catalog), and its "
+    "scope: application (restart the replica on that GPU), gpu or node (drain the node), none. "
+    "Always 1; join on xid.",
+    ["xid", "action", "scope"],
+    when="an Xid was seen",
+)
+RECOVERY_ACTION = gauge(
+    f"{PREFIX}_recovery_action",
+    "What the driver says the GPU needs before it is healthy (NVML GPU recovery action): "
+    "0 none, 1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset, 5 recover IMEX domain, "
+    "6 bus reset, 7 system reboot. Stays set until done.",
+    [*GPU, "action"],
+)
+REMAPPED_ROWS = gauge(
+    f"{PREFIX}_remapped_rows",
+    "Memory rows remapped since manufacture, by the error bank that caused it.",
+    [*GPU, "bank"],
+)
+REMAP_PENDING = gauge(
+    f"{PREFIX}_row_remap_pending",
+    "1 while a row remap waits for a GPU reset to take effect.",
+    GPU,
+)
+REMAP_FAILURE = gauge(
+    f"{PREFIX}_row_remap_failure",
+    "1 once a row remap failed: the GPU needs replacement.",
+    GPU,
+)
+PCIE_REPLAYS = counter(
+    f"{PREFIX}_pcie_replays", "PCIe replays (link-level retransmissions) since reset.", GPU
+)
+PCIE_GENERATION = gauge(
+    f"{PREFIX}_pcie_link_generation",
+    "PCIe link generation: current (may drop at idle) and max (what the GPU and slot support).",
+    [*GPU, "link"],
+)
+PCIE_WIDTH = gauge(
+    f"{PREFIX}_pcie_link_width",
+    "PCIe link width in lanes: current and max; current below max under load is a degraded link.",
+    [*GPU, "link"],
+)
+NVLINK_UP = gauge(
+    f"{PREFIX}_nvlink_up",
+    "1 while this NVLink link is active, 0 while it is down.",
+    [*GPU, "link"],
+    when="the board has NVLink",
+)
+NVLINK_ERRORS = counter(
+    f"{PREFIX}_nvlink_errors",
+    "NVLink data-link errors since the driver loaded, by link and type (replay, recovery, "
+    "crc_flit, crc_data, ecc_data; the ones the GPU reports).",
+    [*GPU, "link", "type"],
+    when="the board has NVLink",
+)
+GPM_WHEN = "collectors.gpu.gpm is on and the GPU supports GPM"
+GPM_LABELS = [*GPU, "gpu_instance_id"]
+# GPM_METRICS key -> (spec, direction label or None)
+GPM: dict[str, tuple[MetricSpec, str | None]] = {}
+_GPM_SPECS = {
+    "sm_utilization": gauge(
+        f"{PREFIX}_gpm_sm_utilization_ratio",
+        "Fraction of SMs busy (GPM), between the last two refreshes.",
+        GPM_LABELS,
+        when=GPM_WHEN,
+    ),
+    "sm_occupancy": gauge(
+        f"{PREFIX}_gpm_sm_occupancy_ratio",
+        "Resident warps over the SMs' maximum (GPM), between the last two refreshes.",
+        GPM_LABELS,
+        when=GPM_WHEN,
+    ),
+    "tensor_utilization": gauge(
+        f"{PREFIX}_gpm_tensor_utilization_ratio",
+        "Fraction of time any tensor pipe was active (GPM).",
+        GPM_LABELS,
+        when=GPM_WHEN,
+    ),
+    "dram_bandwidth_utilization": gauge(
+        f"{PREFIX}_gpm_dram_bandwidth_utilization_ratio",
+        "Device memory bandwidth used over its peak (GPM).",
+        GPM_LABELS,
+        when=GPM_WHEN,
+    ),
+    "pcie": gauge(
+        f"{PREFIX}_gpm_pcie_bytes_per_second",
+        "PCIe throughput by direction (tx: from the GPU) (GPM).",
+        [*GPM_LABELS, "direction"],
+        when=GPM_WHEN,
+    ),
+    "nvlink": gauge(
+        f"{PREFIX}_gpm_nvlink_bytes_per_second",
+        "NVLink throughput over all links by direction (GPM).",
+        [*GPM_LABELS, "direction"],
+        when=GPM_WHEN,
+    ),
+}
+for _key in GPM_METRICS:
+    _base, _, _direction = _key.rpartition("_")
+    if _direction in ("tx", "rx"):
+        GPM[_key] = (_GPM_SPECS[_base], _direction)
+    else:
+        GPM[_key] = (_GPM_SPECS[_key], None)
+PROCESS_MEMORY = gauge(
+    f"{PREFIX}_process_memory_bytes",
+    "GPU memory used by compute processes, summed per pod container (empty labels: processes "
+    "outside Kubernetes).",
+    [*GPU, "namespace", "pod", "container"],
+)
+MIG_INFO = gauge(
+    f"{PREFIX}_mig_info",
+    "MIG instance identity; always 1.",
+    [*GPU, "gpu_instance_id", "compute_instance_id", "mig_uuid", "profile"],
+    when="MIG enabled",
+)
+MIG_TOTAL = gauge(
+    f"{PREFIX}_mig_memory_total_bytes",
+    "MIG instance memory.",
+    [*GPU, "gpu_instance_id"],
+    when="MIG enabled",
+)
+MIG_USED = gauge(
+    f"{PREFIX}_mig_memory_used_bytes",
+    "MIG instance memory in use.",
+    [*GPU, "gpu_instance_id"],
+    when="MIG enabled",
+)
 
 
-class _GpuLost(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class GpuIdentity:
-    index: int
-    uuid: str
-    name: str
-    pci_bus_id: str
-
-
-@dataclass
-class MigReading:
-    gpu_instance_id: int
-    compute_instance_id: int
-    uuid: str
-    name: str
-    memory_total: int | None = None
-    memory_used: int | None = None
-
-
-@dataclass
-class GpuReading:
-    """One GPU in one refresh, already in base units; a None value means "not available"."""
-
-    identity: GpuIdentity
-    up: bool
-    mig_mode: str = "unsupported"
-    gauges: dict[str, float] = field(default_factory=dict)
-    temperatures: dict[str, float] = field(default_factory=dict)
-    clocks: dict[str, float] = field(default_factory=dict)
-    throttle_reasons: int | None = None
-    ecc: dict[str, float] = field(default_factory=dict)
-    energy_joules: float | None = None
-    processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, bytes)
-    mig: list[MigReading] = field(default_factory=list)
-
-
-@dataclass
-class NvmlReading:
-    driver_version: str
-    cuda_version: str
-    count: int
-    gpus: list[GpuReading]
-    xids: dict[tuple[str, int], int]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-def _cuda_version(raw: int) -> str:
-    """NVML's 12040 -> "12.4"."""
-    return f"{raw // 1000}.{raw % 1000 // 10}"
-
-
-def _field_value(entry: Any) -> float:
-    kind = entry.valueType
-    value = entry.value
-    if kind == pynvml.NVML_VALUE_TYPE_DOUBLE:
-        return float(value.dVal)
-    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_INT:
-        return float(value.uiVal)
-    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG:
-        return float(value.ulVal)
-    if kind == pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG:
-        return float(value.sllVal)
-    if kind == pynvml.NVML_VALUE_TYPE_SIGNED_INT:
-        return float(value.siVal)
-    if kind == pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT:
-        return float(value.usVal)
-    return float(value.ullVal)
+def _id(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 @register("gpu")
 class GpuCollector(Collector[GpuSettings]):
+    settings_model = GpuSettings
+    metrics = (
+        INFO,
+        UP,
+        DEVICES,
+        *GAUGES.values(),
+        TEMPERATURE,
+        ENERGY,
+        CLOCK,
+        THROTTLE,
+        ECC,
+        XID,
+        XID_ACTION,
+        RECOVERY_ACTION,
+        REMAPPED_ROWS,
+        REMAP_PENDING,
+        REMAP_FAILURE,
+        PCIE_REPLAYS,
+        PCIE_GENERATION,
+        PCIE_WIDTH,
+        NVLINK_UP,
+        NVLINK_ERRORS,
+        *_GPM_SPECS.values(),
+        PROCESS_MEMORY,
+        MIG_INFO,
+        MIG_TOTAL,
+        MIG_USED,
+    )
+
     def __init__(self, settings: GpuSettings, context: CollectorContext) -> None:
         super().__init__(settings, context)
-        self.pods = PodResolver(context.proc_root, settings.log_root)
-        self.xids = XidWatcher()
-        # Touched only inside NVML jobs (one at a time, on the NVML thread).
-        self._generation = -1
-        self._identities: dict[int, GpuIdentity] = {}
-        self._system: tuple[str, str] | None = None
-        self._unsupported: set[tuple[str, str]] = set()
-        self._last_reinit = 0.0
-        # Every GPU ever seen, by uuid: a vanished one keeps reporting up 0.
-        self.known: dict[str, GpuIdentity] = {}
+        options = ReadOptions(
+            process_memory=settings.process_memory,
+            xid_events=settings.xid_events,
+            reinit_interval_seconds=settings.reinit_interval_seconds,
+            gpm=settings.gpm,
+        )
+        self.reader = GpuReader(context.nvml, options)
+        self.xid_catalog = xid_actions()
+        self._index_of: dict[str, str] = {}  # uuid -> gpu index, from the last refresh
+
+    @property
+    def xids(self) -> XidWatcher:
+        return self.reader.xids
 
     async def update(self) -> Sequence[Metric]:
         try:
-            reading = await self.context.nvml.run(self._read)
-        except pynvml.NVMLError as exc:
-            if exc.value in UNAVAILABLE:
-                raise NvmlUnavailableError(
-                    f"NVML unavailable ({exc}): no NVIDIA driver/libnvidia-ml.so.1 here; "
-                    "GPU metrics are off, the other collectors keep serving"
-                ) from None
-            raise
+            reading = await self.context.nvml.run(self.reader.read)
+        except NvmlUnavailableError as exc:
+            raise NoDataError("nvml_unavailable") from exc
+        if not reading.gpus:
+            raise NoDataError("no_gpus")
         pods: dict[int, PodRef | None] = {}
         if self.settings.process_memory:
-            pids = [pid for gpu in reading.gpus for pid, _ in gpu.processes]
-            pods = await asyncio.to_thread(self._attribute, pids)
+            pids = [p.pid for gpu in reading.gpus for p in gpu.processes or ()]
+            pods = await self.run_blocking(self.context.pods.resolve, pids)
         return self._families(reading, pods)
+
+    async def watch(self, store: SnapshotStore) -> None:
+        """Re-publish the Xid families as soon as the watcher counts an Xid, so the next scrape
+        shows it without waiting for a refresh (encoding runs in a thread, like a refresh's)."""
+        loop = asyncio.get_running_loop()
+        counted = asyncio.Event()
+
+        def notify() -> None:  # on the Xid watcher thread
+            with contextlib.suppress(RuntimeError):  # the loop is closing: nothing to publish
+                loop.call_soon_threadsafe(counted.set)
+
+        self.xids.on_count = notify
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(XID_RECHECK_SECONDS):
+                        await counted.wait()
+                counted.clear()
+                await self.republish_xids(store)
+        finally:
+            self.xids.on_count = None
+
+    async def republish_xids(self, store: SnapshotStore) -> bool:
+        """Swap fresh Xid families into the published snapshot; True if it was stale.
+
+        Only a successful snapshot is touched: a failed or "no data" collector has no series.
+        """
+        current = store.status[self.name].snapshot
+        counts = self.xids.counts()
+        if not current.success or not current.families:
+            return False
+        published = {
+            (s.labels["uuid"], int(s.labels["xid"])): int(s.value)
+            for family in current.families
+            if family.name == XID.name
+            for s in family.samples
+            if s.name.endswith("_total")
+        }
+        if published == counts:
+            return False
+        fresh = {f.name: f for f in self._xid_families(counts)}
+        families = tuple(fresh.get(f.name, f) for f in current.families)
+        await store.publish_async(self.name, replace(current, families=families, encoded={}))
+        return True
+
+    def _xid_families(self, counts: dict[tuple[str, int], int]) -> list[Metric]:
+        xid, xid_action = XID.counter(), XID_ACTION.gauge()
+        for (uuid, code), total in sorted(counts.items()):
+            xid.add_metric([self._index_of.get(uuid, ""), uuid, str(code)], float(total))
+        # Only the Xids seen here: a handful of series instead of ~160 on every node.
+        for code in sorted({code for _, code in counts}):
+            known = self.xid_catalog.get(code, UNKNOWN_XID)
+            xid_action.add_metric([str(code), known.action, known.scope], 1.0)
+        return [xid, xid_action]
 
     async def close(self) -> None:
         try:
-            await self.context.nvml.run(self.xids.stop)
+            await self.context.nvml.run(self.reader.close)
         except NvmlBusyError:  # the worker is stuck in the driver: just let the thread end
-            self.xids.request_stop()
-
-    # -- NVML thread ----------------------------------------------------------------------------
-
-    def _read(self) -> NvmlReading:
-        generation = self.context.nvml.generation
-        if generation != self._generation:  # first job, or NVML was re-initialized
-            self.xids.stop()
-            self._identities.clear()
-            self._system = None
-            self._generation = generation
-        if self._system is None:
-            driver = _text(pynvml.nvmlSystemGetDriverVersion())
-            try:
-                cuda = _cuda_version(pynvml.nvmlSystemGetCudaDriverVersion_v2())
-            except pynvml.NVMLError:
-                cuda = ""
-            self._system = (driver, cuda)
-        count = pynvml.nvmlDeviceGetCount()
-        gpus = [self._read_gpu(index) for index in range(count)]
-        seen = {gpu.identity.uuid for gpu in gpus}
-        gpus += [
-            GpuReading(ident, up=False) for uuid, ident in self.known.items() if uuid not in seen
-        ]
-        if any(not gpu.up for gpu in gpus):
-            now = time.monotonic()
-            if now - self._last_reinit >= self.settings.reinit_interval_seconds:
-                self._last_reinit = now
-                self.context.nvml.reset()  # takes effect before the next job
-        return NvmlReading(*self._system, count, gpus, self.xids.counts())
-
-    def _read_gpu(self, index: int) -> GpuReading:
-        identity = self._identities.get(index)
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            if identity is None:
-                identity = GpuIdentity(
-                    index,
-                    _text(pynvml.nvmlDeviceGetUUID(handle)),
-                    _text(pynvml.nvmlDeviceGetName(handle)),
-                    _text(pynvml.nvmlDeviceGetPciInfo_v3(handle).busId),
-                )
-                self._identities[index] = identity
-                self.known[identity.uuid] = identity
-        except pynvml.NVMLError as exc:
-            log.debug("gpu %d: cannot open: %s", index, exc)
-            fallback = identity or next(
-                (i for i in self.known.values() if i.index == index), GpuIdentity(index, "", "", "")
-            )
-            return GpuReading(fallback, up=False)
-        reading = GpuReading(identity, up=True)
-        try:
-            self._fill(reading, handle)
-        except _GpuLost as lost:
-            log.debug("gpu %d (%s): lost (NVML error %d)", index, identity.uuid, lost.code)
-            return GpuReading(identity, up=False)
-        return reading
-
-    def _get(self, uuid: str, key: str, fn: Callable[..., T], *args: Any) -> T | None:
-        """Call NVML; None when unsupported (remembered) or on a transient error."""
-        if (uuid, key) in self._unsupported:
-            return None
-        try:
-            return fn(*args)
-        except pynvml.NVMLError as exc:
-            if exc.value in LOST:
-                raise _GpuLost(exc.value) from None
-            if exc.value in UNSUPPORTED:
-                self._unsupported.add((uuid, key))
-                log.info("gpu %s: %s not supported by this GPU/driver; metric dropped", uuid, key)
-            else:
-                log.debug("gpu %s: %s failed: %s", uuid, key, exc)
-            return None
-
-    def _fill(self, r: GpuReading, handle: Any) -> None:
-        uuid = r.identity.uuid
-        get = self._get
-        if self.settings.xid_events:
-            get(uuid, "xid_events", self.xids.watch, handle, uuid)
-
-        mig = get(uuid, "mig_mode", pynvml.nvmlDeviceGetMigMode, handle)
-        if mig is not None:
-            r.mig_mode = MIG_MODES.get(mig[0], str(mig[0]))
-
-        memory = get(
-            uuid, "memory_v2", pynvml.nvmlDeviceGetMemoryInfo, handle, pynvml.nvmlMemory_v2
-        )
-        if memory is not None:
-            r.gauges["memory_total_bytes"] = float(memory.total)
-            r.gauges["memory_used_bytes"] = float(memory.used)
-            r.gauges["memory_free_bytes"] = float(memory.free)
-            r.gauges["memory_reserved_bytes"] = float(memory.reserved)
-        else:  # drivers before 510: v1 only, whose `used` includes the reservation
-            memory = get(uuid, "memory", pynvml.nvmlDeviceGetMemoryInfo, handle)
-            if memory is not None:
-                r.gauges["memory_total_bytes"] = float(memory.total)
-                r.gauges["memory_used_bytes"] = float(memory.used)
-                r.gauges["memory_free_bytes"] = float(memory.free)
-
-        util = get(uuid, "utilization", pynvml.nvmlDeviceGetUtilizationRates, handle)
-        if util is not None:
-            r.gauges["utilization_ratio"] = util.gpu / 100.0
-            r.gauges["memory_copy_utilization_ratio"] = util.memory / 100.0
-
-        temp = get(
-            uuid,
-            "temperature_v",
-            pynvml.nvmlDeviceGetTemperatureV,
-            handle,
-            pynvml.NVML_TEMPERATURE_GPU,
-        )
-        if temp is None and (uuid, "temperature_v") in self._unsupported:
-            temp = get(
-                uuid,
-                "temperature",
-                pynvml.nvmlDeviceGetTemperature,
-                handle,
-                pynvml.NVML_TEMPERATURE_GPU,
-            )
-        if temp is not None:
-            r.temperatures["gpu"] = float(temp)
-
-        power = get(uuid, "power", pynvml.nvmlDeviceGetPowerUsage, handle)
-        if power is not None:
-            r.gauges["power_watts"] = power / 1000.0
-        limit = get(uuid, "power_limit", pynvml.nvmlDeviceGetEnforcedPowerLimit, handle)
-        if limit is not None:
-            r.gauges["power_limit_watts"] = limit / 1000.0
-        energy = get(uuid, "energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, handle)
-        if energy is not None:
-            r.energy_joules = energy / 1000.0
-
-        for clock, clock_type in CLOCKS.items():
-            mhz = get(uuid, f"clock_{clock}", pynvml.nvmlDeviceGetClockInfo, handle, clock_type)
-            if mhz is not None:
-                r.clocks[clock] = mhz * 1e6
-
-        reasons = get(
-            uuid, "clocks_event_reasons", pynvml.nvmlDeviceGetCurrentClocksEventReasons, handle
-        )
-        if reasons is None and (uuid, "clocks_event_reasons") in self._unsupported:
-            reasons = get(
-                uuid,
-                "clocks_throttle_reasons",
-                pynvml.nvmlDeviceGetCurrentClocksThrottleReasons,
-                handle,
-            )
-        r.throttle_reasons = reasons
-
-        self._fill_fields(r, handle)
-        if self.settings.process_memory:
-            procs = get(uuid, "processes", pynvml.nvmlDeviceGetComputeRunningProcesses_v3, handle)
-            for proc in procs or ():
-                if proc.usedGpuMemory is not None:
-                    r.processes.append((int(proc.pid), int(proc.usedGpuMemory)))
-        if r.mig_mode == "enabled":
-            self._fill_mig(r, handle)
-
-    def _fill_fields(self, r: GpuReading, handle: Any) -> None:
-        uuid = r.identity.uuid
-        wanted = {k: f for k, f in FIELDS.items() if (uuid, k) not in self._unsupported}
-        if not wanted:
-            return
-        values = self._get(
-            uuid, "field_values", pynvml.nvmlDeviceGetFieldValues, handle, list(wanted.values())
-        )
-        if values is None:
-            return
-        for key, entry in zip(wanted, values, strict=True):
-            if entry.nvmlReturn == pynvml.NVML_SUCCESS:
-                value = _field_value(entry)
-                if key == "memory_temperature":
-                    r.temperatures["memory"] = value
-                else:
-                    r.ecc[key.removeprefix("ecc_")] = value
-            elif entry.nvmlReturn in UNSUPPORTED:
-                self._unsupported.add((uuid, key))
-            elif entry.nvmlReturn in LOST:
-                raise _GpuLost(entry.nvmlReturn)
-
-    def _fill_mig(self, r: GpuReading, handle: Any) -> None:
-        uuid = r.identity.uuid
-        slots = self._get(uuid, "mig_devices", pynvml.nvmlDeviceGetMaxMigDeviceCount, handle)
-        for slot in range(slots or 0):
-            try:
-                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
-            except pynvml.NVMLError as exc:
-                if exc.value in LOST:
-                    raise _GpuLost(exc.value) from None
-                continue  # NOT_FOUND: an empty slot
-            instance = MigReading(
-                gpu_instance_id=pynvml.nvmlDeviceGetGpuInstanceId(mig),
-                compute_instance_id=pynvml.nvmlDeviceGetComputeInstanceId(mig),
-                uuid=_text(pynvml.nvmlDeviceGetUUID(mig)),
-                name=_text(pynvml.nvmlDeviceGetName(mig)),
-            )
-            memory = self._get(uuid, "mig_memory", pynvml.nvmlDeviceGetMemoryInfo, mig)
-            if memory is not None:
-                instance.memory_total, instance.memory_used = memory.total, memory.used
-            r.mig.append(instance)
-
-    # -- worker thread (file reads) -------------------------------------------------------------
-
-    def _attribute(self, pids: list[int]) -> dict[int, PodRef | None]:
-        self.pods.retain(pids)
-        return {pid: self.pods.for_pid(pid) for pid in pids}
-
-    # -- event loop -------------------------------------------------------------------------------
+            self.reader.xids.request_stop()
+        except NvmlUnavailableError:  # NVML never came up: nothing was registered
+            pass
 
     def _families(self, reading: NvmlReading, pods: dict[int, PodRef | None]) -> list[Metric]:
-        def gauge(name: str, doc: str, extra: Sequence[str] = ()) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=[*GPU_LABELS, *extra])
+        info, up, devices = INFO.gauge(), UP.gauge(), DEVICES.gauge()
+        devices.add_metric([], float(reading.device_count))
+        simple = {key: spec.gauge() for key, spec in GAUGES.items()}
+        temperature, clock, throttle = TEMPERATURE.gauge(), CLOCK.gauge(), THROTTLE.gauge()
+        energy, ecc = ENERGY.counter(), ECC.counter()
+        process_memory = PROCESS_MEMORY.gauge()
+        health = _HealthFamilies()
+        mig_info, mig_total, mig_used = MIG_INFO.gauge(), MIG_TOTAL.gauge(), MIG_USED.gauge()
 
-        info = gauge(
-            "info",
-            "GPU identity; always 1. Join on (gpu, uuid) for names and versions.",
-            ["name", "pci_bus_id", "driver_version", "cuda_version", "mig_mode"],
-        )
-        up = gauge("up", "1 if NVML answers for the GPU, 0 if it is lost or gone.")
-        count = GaugeMetricFamily(f"{PREFIX}_count", "GPUs NVML reports on this host.")
-        count.add_metric([], float(reading.count))
-        simple = {
-            "utilization_ratio": "Fraction of the last sample period a kernel was running.",
-            "memory_copy_utilization_ratio": "Fraction of time device memory was read or written.",
-            "memory_total_bytes": "Total device memory.",
-            "memory_used_bytes": "Device memory allocated by processes (excludes reserved).",
-            "memory_free_bytes": "Device memory free for allocation.",
-            "memory_reserved_bytes": "Device memory reserved by the driver and firmware.",
-            "power_watts": "Power draw.",
-            "power_limit_watts": "Enforced power limit.",
-        }
-        families = {key: gauge(key, doc) for key, doc in simple.items()}
-        temperature = gauge("temperature_celsius", "Temperature by sensor.", ["sensor"])
-        energy = CounterMetricFamily(
-            f"{PREFIX}_energy_joules", "Energy consumed since the driver loaded.", labels=GPU_LABELS
-        )
-        clock = gauge("clock_hertz", "Current clock frequency.", ["clock"])
-        throttle = gauge(
-            "throttle_active", "1 while this clocks-event (throttle) reason is active.", ["reason"]
-        )
-        ecc = CounterMetricFamily(
-            f"{PREFIX}_ecc_errors",
-            "ECC errors since the driver loaded (volatile).",
-            labels=[*GPU_LABELS, "type"],
-        )
-        xid = CounterMetricFamily(
-            f"{PREFIX}_xid_errors",
-            "Xid errors reported by NVML events since the exporter started.",
-            labels=[*GPU_LABELS, "xid"],
-        )
-        process_memory = gauge(
-            "process_memory_bytes",
-            "GPU memory used by compute processes, summed per pod container (empty labels: "
-            "processes outside Kubernetes).",
-            ["namespace", "pod", "container"],
-        )
-        mig_info = gauge(
-            "mig_info",
-            "MIG instance identity; always 1.",
-            ["gpu_instance_id", "compute_instance_id", "mig_uuid", "profile"],
-        )
-        mig_total = gauge("mig_memory_total_bytes", "MIG instance memory.", ["gpu_instance_id"])
-        mig_used = gauge(
-            "mig_memory_used_bytes", "MIG instance memory in use.", ["gpu_instance_id"]
-        )
-
-        index_of = {gpu.identity.uuid: str(gpu.identity.index) for gpu in reading.gpus}
+        self._index_of = {gpu.identity.uuid: str(gpu.identity.index) for gpu in reading.gpus}
         for gpu in reading.gpus:
             ident = gpu.identity
             labels = [str(ident.index), ident.uuid]
@@ -494,49 +441,125 @@ class GpuCollector(Collector[GpuSettings]):
                 )
             if not gpu.up:
                 continue
-            for key, value in gpu.gauges.items():
-                families[key].add_metric(labels, value)
-            for sensor, celsius in gpu.temperatures.items():
-                temperature.add_metric([*labels, sensor], celsius)
+            for key, family in simple.items():
+                value = getattr(gpu, key)
+                if value is not None:
+                    family.add_metric(labels, value)
+            if gpu.temperature_gpu is not None:
+                temperature.add_metric([*labels, "gpu"], gpu.temperature_gpu)
+            if gpu.temperature_memory is not None:
+                temperature.add_metric([*labels, "memory"], gpu.temperature_memory)
             if gpu.energy_joules is not None:
                 energy.add_metric(labels, gpu.energy_joules)
-            for name, hertz in gpu.clocks.items():
+            for name, hertz in gpu.clocks_hertz.items():
                 clock.add_metric([*labels, name], hertz)
             if gpu.throttle_reasons is not None:
                 for reason, bit in THROTTLE_REASONS.items():
                     active = 1.0 if gpu.throttle_reasons & bit else 0.0
                     throttle.add_metric([*labels, reason], active)
-            for kind, total in gpu.ecc.items():
-                ecc.add_metric([*labels, kind], total)
-            per_pod: dict[tuple[str, str, str], int] = defaultdict(int)
-            for pid, used in gpu.processes:
-                ref = pods.get(pid)
-                pod_key = (ref.namespace, ref.pod, ref.container) if ref else ("", "", "")
-                per_pod[pod_key] += used
-            for pod_key, used in sorted(per_pod.items()):
-                process_memory.add_metric([*labels, *pod_key], float(used))
+            if gpu.ecc_corrected is not None:
+                ecc.add_metric([*labels, "corrected"], gpu.ecc_corrected)
+            if gpu.ecc_uncorrected is not None:
+                ecc.add_metric([*labels, "uncorrected"], gpu.ecc_uncorrected)
+            health.add(labels, gpu)
+            self._process_memory(process_memory, labels, gpu, pods)
             for m in gpu.mig:
-                gi = str(m.gpu_instance_id)
-                mig_info.add_metric([*labels, gi, str(m.compute_instance_id), m.uuid, m.name], 1.0)
+                gi = _id(m.gpu_instance_id)
+                mig_info.add_metric([*labels, gi, _id(m.compute_instance_id), m.uuid, m.name], 1.0)
                 if m.memory_total is not None and m.memory_used is not None:
                     mig_total.add_metric([*labels, gi], float(m.memory_total))
                     mig_used.add_metric([*labels, gi], float(m.memory_used))
-        for (uuid, code), total in sorted(reading.xids.items()):
-            xid.add_metric([index_of.get(uuid, ""), uuid, str(code)], float(total))
+        # Counted now, not at read time: never older than what `watch` may have published.
+        xid, xid_action = self._xid_families(self.xids.counts())
 
         return [
             info,
             up,
-            count,
-            *families.values(),
+            devices,
+            *simple.values(),
             temperature,
             energy,
             clock,
             throttle,
             ecc,
             xid,
+            xid_action,
+            *health.families(),
             process_memory,
             mig_info,
             mig_total,
             mig_used,
+        ]
+
+    @staticmethod
+    def _process_memory(
+        family: GaugeMetricFamily,
+        labels: list[str],
+        gpu: GpuReading,
+        pods: dict[int, PodRef | None],
+    ) -> None:
+        """Sum per pod container; processes whose usage NVML cannot tell are left out."""
+        per_pod: dict[tuple[str, str, str], int] = defaultdict(int)
+        for process in gpu.processes or ():
+            if process.used_bytes is None:
+                continue
+            ref = pods.get(process.pid)
+            pod_key = (ref.namespace, ref.pod, ref.container) if ref else ("", "", "")
+            per_pod[pod_key] += process.used_bytes
+        for pod_key, used in sorted(per_pod.items()):
+            family.add_metric([*labels, *pod_key], float(used))
+
+
+class _HealthFamilies:
+    """The sticky-health families of one refresh (recovery action, row remapping, PCIe)."""
+
+    def __init__(self) -> None:
+        self.recovery, self.remapped = RECOVERY_ACTION.gauge(), REMAPPED_ROWS.gauge()
+        self.pending, self.failure = REMAP_PENDING.gauge(), REMAP_FAILURE.gauge()
+        self.replays = PCIE_REPLAYS.counter()
+        self.generation, self.width = PCIE_GENERATION.gauge(), PCIE_WIDTH.gauge()
+        self.nvlink_up, self.nvlink_errors = NVLINK_UP.gauge(), NVLINK_ERRORS.counter()
+        self.gpm = {spec.name: spec.gauge() for spec in _GPM_SPECS.values()}
+
+    def add(self, labels: list[str], gpu: GpuReading) -> None:
+        if gpu.recovery_action is not None:
+            code = int(gpu.recovery_action)
+            self.recovery.add_metric(
+                [*labels, RECOVERY_ACTIONS.get(code, str(code))], gpu.recovery_action
+            )
+        for bank, rows in gpu.remapped_rows.items():
+            self.remapped.add_metric([*labels, bank], rows)
+        if gpu.remap_pending is not None:
+            self.pending.add_metric(labels, 1.0 if gpu.remap_pending else 0.0)
+        if gpu.remap_failure is not None:
+            self.failure.add_metric(labels, 1.0 if gpu.remap_failure else 0.0)
+        if gpu.pcie_replays is not None:
+            self.replays.add_metric(labels, gpu.pcie_replays)
+        for link, value in gpu.pcie_link_generation.items():
+            self.generation.add_metric([*labels, link], value)
+        for link, value in gpu.pcie_link_width.items():
+            self.width.add_metric([*labels, link], value)
+        for index, up in sorted(gpu.nvlink_up.items()):
+            self.nvlink_up.add_metric([*labels, str(index)], 1.0 if up else 0.0)
+        for (index, kind), count in sorted(gpu.nvlink_errors.items()):
+            self.nvlink_errors.add_metric([*labels, str(index), kind], count)
+        for sample in gpu.gpm:
+            instance = _id(sample.gpu_instance_id)
+            for key, value in sample.values.items():
+                spec, direction = GPM[key]
+                extra = [direction] if direction else []
+                self.gpm[spec.name].add_metric([*labels, instance, *extra], value)
+
+    def families(self) -> list[Metric]:
+        return [
+            self.recovery,
+            self.remapped,
+            self.pending,
+            self.failure,
+            self.replays,
+            self.generation,
+            self.width,
+            self.nvlink_up,
+            self.nvlink_errors,
+            *self.gpm.values(),
         ]

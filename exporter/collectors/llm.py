@@ -9,29 +9,46 @@ collector's), so a hung engine costs at most that timeout and never fails the ot
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from prometheus_client.core import Metric
 from pydantic import Field, model_validator
 
-from exporter.collectors.base import Collector, CollectorContext, CollectorSettings, register
+from exporter.collectors.base import (
+    Collector,
+    CollectorContext,
+    CollectorSettings,
+    NoDataError,
+    register,
+)
 from exporter.engines.canary import Canary
+from exporter.engines.fetch import (
+    MAX_REDIRECTS,
+    ResponseError,
+    describe,
+    fetch_info,
+    health_problem,
+    read_body,
+)
 from exporter.engines.normalize import Families, Group, Normalized, normalize_text
 from exporter.engines.parser import ParseError, reject_non_exposition
 from exporter.engines.registry import ENGINES, EngineNotDetected, detect_engine
 from exporter.engines.schema import (
     DROPPED_SERIES,
+    ENGINE_INFO,
     HEALTHY,
     PROBE_DURATION,
     PROBE_SUCCESS,
     PROBE_TTFT,
     UP,
     EngineInfo,
+    declared_metrics,
 )
 from exporter.engines.settings import CanarySettings, KubernetesSettings, TargetSettings
 from exporter.engines.targets import FileSD, Target, target_from_settings
@@ -54,6 +71,12 @@ class LlmSettings(CollectorSettings):
         3.0, gt=0, description="Per target; must be below timeout_seconds."
     )
     max_series_per_target: int = Field(5000, ge=1, description="Cardinality cap per target.")
+    max_parsed_samples_per_target: int = Field(
+        10000,
+        ge=1,
+        description="Engine samples parsed per target (real engines expose under 2,000); the "
+        "rest of a larger exposition is counted as dropped, not parsed.",
+    )
     max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     info_refresh_seconds: float = Field(
         300.0, gt=0, description="How often to re-read the engine's info endpoint."
@@ -85,6 +108,8 @@ class TargetState:
     models: list[str] = field(default_factory=list)
     dropped: dict[str, float] = field(default_factory=lambda: {"cardinality": 0, "invalid": 0})
     last_error: str | None = None
+    health_problem: str | None = None
+    info_error: str | None = None
     canary: Canary | None = None
 
     @property
@@ -94,6 +119,9 @@ class TargetState:
 
 @register("llm")
 class LlmCollector(Collector[LlmSettings]):
+    settings_model = LlmSettings
+    metrics = declared_metrics()
+
     def __init__(self, settings: LlmSettings, context: CollectorContext) -> None:
         super().__init__(settings, context)
         self._static = [target_from_settings(t) for t in settings.targets]
@@ -106,11 +134,14 @@ class LlmCollector(Collector[LlmSettings]):
             self._pods = PodWatcher(settings.kubernetes)
         self._states: dict[str, TargetState] = {}
 
+    async def start(self) -> None:
+        """Kubernetes discovery (if enabled) runs from here until close()."""
+        if self._pods is not None:
+            self._pods.start()
+
     async def targets(self) -> list[Target]:
         """Static, then file_sd, then Kubernetes; the first target with a name wins."""
         found: dict[str, Target] = {}
-        if self._pods is not None:
-            self._pods.start()
         pods = self._pods.targets() if self._pods else []
         file_sd = await asyncio.to_thread(self._file_sd.targets)  # file reads off the loop
         for target in [*self._static, *file_sd, *pods]:
@@ -120,12 +151,11 @@ class LlmCollector(Collector[LlmSettings]):
     async def update(self) -> Sequence[Metric]:
         targets = await self.targets()
         await self._sync_states(targets)
+        if not targets:
+            raise NoDataError("no_targets")
         states = [self._states[t.name] for t in targets]
         results = await asyncio.gather(*(self._scrape(s) for s in states))
-        families = Families()
-        for groups in results:
-            families.add_all(groups)
-        return families.metrics()
+        return await self.run_blocking(merge_families, results)
 
     async def close(self) -> None:
         for state in self._states.values():
@@ -164,7 +194,7 @@ class LlmCollector(Collector[LlmSettings]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.target_timeout_seconds
         hint = target.engine if target.engine != "auto" else (state.engine or "auto")
-        health = asyncio.create_task(self._healthy(target.health_for(hint)))
+        health = asyncio.create_task(health_problem(self.context.http, target.health_for(hint)))
         normalized: Normalized | None = None
         error: str | None = None
         try:
@@ -172,18 +202,27 @@ class LlmCollector(Collector[LlmSettings]):
                 normalized = await self._collect(state)
         except TimeoutError:
             error = f"no answer within {self.settings.target_timeout_seconds}s"
-        except (aiohttp.ClientError, OSError, ScrapeError, ParseError, EngineNotDetected) as exc:
-            error = str(exc) or type(exc).__name__
+        except (
+            aiohttp.ClientError,
+            OSError,
+            ScrapeError,
+            ResponseError,
+            ParseError,
+            EngineNotDetected,
+        ) as exc:
+            error = describe(exc)
         except Exception as exc:
             log.exception("llm target %s: unexpected error", target.name)
             error = f"{type(exc).__name__}: {exc}"
         try:
             async with asyncio.timeout_at(max(deadline, loop.time() + 0.05)):
-                healthy = await health
+                problem = await health
         except TimeoutError:
-            healthy = False
+            problem = f"no answer from {target.health_for(hint)} within the target timeout"
         finally:
             health.cancel()
+        healthy = problem is None
+        self._log_health(state, problem)
         self._log_transition(state, error)
         self._ensure_canary(state)
         return self._groups(state, normalized, healthy)
@@ -191,48 +230,33 @@ class LlmCollector(Collector[LlmSettings]):
     async def _collect(self, state: TargetState) -> Normalized:
         target = state.target
         text = await self._fetch_metrics(target.metrics_url)
-        reject_non_exposition(text)
-        engine = target.engine
-        if engine == "auto":
-            detected = detect_engine(text)
-            if detected is None:
-                raise EngineNotDetected("no known LLM engine metrics in the response")
-            engine = detected
+        # CPU work on the collector's thread: a 2 MB exposition must not delay /metrics.
+        engine = await self.run_blocking(engine_of, text, target.engine)
         state.engine = engine
         await self._refresh_info(state, engine)
-        result = normalize_text(
+        normalize = functools.partial(
+            normalize_text,
             text,
             engine,
             target=target.name,
             info=state.info,
             model=target.model,
             extra_labels=target.labels,
+            max_samples=self.settings.max_parsed_samples_per_target,
         )
+        result = await self.run_blocking(normalize)
         state.models = [m for m in result.models if m]
         return result
 
     async def _fetch_metrics(self, url: str) -> str:
-        async with self.context.http.get(url, headers={"Accept": ACCEPT}) as resp:
+        headers = {"Accept": ACCEPT}
+        async with self.context.http.get(url, headers=headers, max_redirects=MAX_REDIRECTS) as resp:
             if resp.status != 200:
                 raise ScrapeError(f"HTTP {resp.status} from {url}")
             if "html" in resp.headers.get("Content-Type", ""):
                 raise ParseError(f"{url} answered with HTML, not a Prometheus exposition")
-            limit = self.settings.max_response_bytes
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    raise ScrapeError(f"response from {url} larger than {limit} bytes")
-                chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", errors="replace")
-
-    async def _healthy(self, url: str) -> bool:
-        try:
-            async with self.context.http.get(url) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, OSError):
-            return False
+            body = await read_body(resp, self.settings.max_response_bytes)
+        return body.decode("utf-8", errors="replace")
 
     async def _refresh_info(self, state: TargetState, engine: str) -> None:
         """Model and version from the engine's info endpoint; failures keep what we had."""
@@ -245,13 +269,21 @@ class LlmCollector(Collector[LlmSettings]):
             return
         state.info_fetched_at = now
         try:
-            async with self.context.http.get(url) as resp:
-                body: Any = await resp.json(content_type=None) if resp.status == 200 else None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            log.debug("llm target %s: info %s failed: %s", state.target.name, url, exc)
-            return
-        if body is not None:
-            state.info = ENGINES[engine].parse_info(body)
+            state.info = await fetch_info(self.context.http, url, ENGINES[engine].parse_info)
+        except (aiohttp.ClientError, OSError, ResponseError) as exc:
+            error = describe(exc)
+            if error != state.info_error:  # once per change, not every info refresh
+                log.warning("llm target %s: info endpoint: %s", state.target.name, error)
+            state.info_error = error
+        else:
+            state.info_error = None
+
+    def _log_health(self, state: TargetState, problem: str | None) -> None:
+        if problem is not None and problem != state.health_problem:
+            log.warning("llm target %s: unhealthy: %s", state.target.name, problem)
+        elif problem is None and state.health_problem is not None:
+            log.info("llm target %s: healthy again", state.target.name)
+        state.health_problem = problem
 
     def _log_transition(self, state: TargetState, error: str | None) -> None:
         if error is not None and error != state.last_error:
@@ -272,7 +304,13 @@ class LlmCollector(Collector[LlmSettings]):
         ]
         if normalized is not None:
             state.dropped["invalid"] += normalized.dropped
-            kept, dropped = cap_series(normalized.groups, self.settings.max_series_per_target)
+            # engine_info (one per model) counts against the cap like every other series;
+            # mapping_missing is one per catalog entry, bounded by the code.
+            infos = [g for g in normalized.status if g.spec is ENGINE_INFO]
+            groups += [g for g in normalized.status if g.spec is not ENGINE_INFO]
+            limit = self.settings.max_series_per_target
+            kept, dropped = cap_series([*infos, *normalized.groups], limit)
+            dropped += normalized.capped
             if dropped and not state.dropped["cardinality"]:
                 log.warning(
                     "llm target %s: %d series over the cap of %d dropped",
@@ -281,7 +319,6 @@ class LlmCollector(Collector[LlmSettings]):
                     self.settings.max_series_per_target,
                 )
             state.dropped["cardinality"] += dropped
-            groups += normalized.status
             groups += kept
         for reason, count in state.dropped.items():
             groups.append(
@@ -297,6 +334,25 @@ class LlmCollector(Collector[LlmSettings]):
                     Group(PROBE_DURATION, [(PROBE_DURATION.key, labels, probe.duration_seconds)])
                 )
         return groups
+
+
+def merge_families(results: list[list[Group]]) -> list[Metric]:
+    """Every target's groups as one family per metric (CPU work: on the collector's thread)."""
+    families = Families()
+    for groups in results:
+        families.add_all(groups)
+    return families.metrics()
+
+
+def engine_of(text: str, configured: str) -> str:
+    """The engine of an exposition (checked to be one): as configured, or detected."""
+    reject_non_exposition(text)
+    if configured != "auto":
+        return configured
+    detected = detect_engine(text)
+    if detected is None:
+        raise EngineNotDetected("no known LLM engine metrics in the response")
+    return detected
 
 
 def cap_series(groups: list[Group], limit: int) -> tuple[list[Group], int]:

@@ -73,7 +73,7 @@ async def probe(
                     ttft = time.monotonic() - started
     except TimeoutError:
         return ProbeResult(False, error=f"no complete answer in {settings.timeout_seconds}s")
-    except (aiohttp.ClientError, ValueError, OSError) as exc:
+    except (aiohttp.ClientError, ValueError, RecursionError, OSError) as exc:  # deep JSON too
         return ProbeResult(False, error=f"{type(exc).__name__}: {exc}")
     if ttft is None:
         return ProbeResult(False, error="stream ended without a token")

@@ -75,6 +75,7 @@ class PodWatcher:
         """Set after the first successful list (tests and readiness wait on it)."""
 
     def start(self) -> None:
+        """Start the list + watch; called once by the collector's start()."""
         if self._task is not None:
             return
         if not self.node_name:

@@ -27,6 +27,7 @@ def parse_props(body: Any) -> EngineInfo:
 
 
 MAPPING = EngineMapping(
+    detection_order=40,
     engine="llamacpp",
     markers=("llamacpp:",),
     model_labels=(),

@@ -59,6 +59,8 @@ class Normalized:
     missing: list[Spec] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     dropped: int = 0
+    capped: int = 0
+    """Sample lines not parsed because the target's series cap was reached."""
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -219,7 +221,9 @@ def normalize_exposition(
     info = info or EngineInfo()
     base = {"target": target, **(extra_labels or {})}
     builder = _Builder(mapping, expo, base, model or info.model or "")
-    result = Normalized(mapping.engine, target, dropped=expo.dropped, errors=list(expo.errors))
+    result = Normalized(
+        mapping.engine, target, dropped=expo.dropped, capped=expo.capped, errors=list(expo.errors)
+    )
     for spec in CATALOG:
         chosen = next((s for s in mapping.sources(spec) if builder.present(s)), None)
         if chosen is None:
@@ -249,8 +253,9 @@ def normalize_text(
     info: EngineInfo | None = None,
     model: str | None = None,
     extra_labels: Mapping[str, str] | None = None,
+    max_samples: int | None = None,
 ) -> Normalized:
-    """Detect (if auto), parse only what the mapping needs, normalize.
+    """Detect (if auto), parse only what the mapping needs (at most `max_samples`), normalize.
 
     Raises ParseError for text that is no exposition, EngineNotDetected when auto finds no engine.
     """
@@ -261,7 +266,7 @@ def normalize_text(
             raise EngineNotDetected("no known LLM engine metrics in the exposition")
         engine = detected
     mapping = ENGINES[engine]
-    expo = parse(text, mapping.wanted)
+    expo = parse(text, mapping.wanted, max_samples)
     return normalize_exposition(
         expo, mapping, target=target, info=info, model=model, extra_labels=extra_labels
     )

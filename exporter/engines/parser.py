@@ -5,6 +5,11 @@ stage) and a normalizer needs a few dozen of them. So the parser looks at each l
 first and only parses labels and values of samples whose name is wanted; everything else costs one
 regex match. Bad input never raises anything but `ParseError` (the text is not an exposition at
 all: HTML, binary) — a malformed, duplicate or oversized sample is dropped and counted instead.
+
+Costs are bounded by the input's size, never worse: a line longer than `MAX_LINE_CHARS` is dropped
+before any regex looks at it, and once `max_samples` wanted samples are kept the parse stops
+and the lines left are only counted (`Exposition.capped`). A series is identified by its
+name and label pairs, not by how they were written, so `{a ="x"}` duplicates `{a="x"}`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from dataclasses import dataclass, field
 
 MAX_LABEL_VALUE_CHARS = 2048
 """Longer label values are dropped with their sample: they are no model name or bucket bound."""
+
+MAX_LINE_CHARS = 16 * 1024
+"""Real sample lines are under 1 KiB; a longer one is dropped unparsed (a 1 MB label value would
+otherwise cost a regex pass over the whole line)."""
 
 MAX_ERRORS_KEPT = 5
 
@@ -45,6 +54,8 @@ class Exposition:
 
     samples: dict[str, list[Sample]] = field(default_factory=dict)
     dropped: int = 0
+    capped: int = 0
+    """Sample lines (of any name) left unparsed because `max_samples` were already kept."""
     errors: list[str] = field(default_factory=list)
 
     def get(self, name: str) -> list[Sample]:
@@ -104,35 +115,46 @@ def reject_non_exposition(text: str) -> None:
         raise ParseError("response contains NUL bytes, not a Prometheus exposition")
 
 
-def parse(text: str, wanted: Collection[str] | None = None) -> Exposition:
-    """Parse the samples whose name is in `wanted` (all when None).
+def parse(
+    text: str, wanted: Collection[str] | None = None, max_samples: int | None = None
+) -> Exposition:
+    """Parse the samples whose name is in `wanted` (all when None), at most `max_samples`.
 
     A last line without its line feed was cut off in transfer (the format ends every line with
     one) and is dropped, so a truncated value is never read as a smaller number.
     """
     reject_non_exposition(text)
     result = Exposition()
-    lines = text.split("\n")
-    if lines and lines[-1] != "":
-        result._drop(len(lines), "last line has no line feed (truncated response)")
-    lines.pop()
-    seen: set[str] = set()
+    # Lines are walked in place (no split of the whole text): what is skipped is never copied.
+    stop = text.rfind("\n") + 1
+    if stop < len(text):
+        result._drop(text.count("\n") + 1, "last line has no line feed (truncated response)")
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     name_match = _NAME.match
     samples = result.samples
-    named_lines = 0
-    for lineno, line in enumerate(lines, 1):
-        if not line or line[0] == "#":
+    named_lines = lineno = 0
+    room = -1 if max_samples is None else max_samples
+    start = 0
+    while start < stop:
+        end = text.index("\n", start)
+        line_start, start = start, end + 1
+        lineno += 1
+        if end == line_start or text[line_start] == "#":
             continue
-        match = name_match(line)
+        match = name_match(text, line_start, end)
         if match is None:
-            if line.strip():
+            if end - line_start > MAX_LINE_CHARS or text[line_start:end].strip():
                 result._drop(lineno, "line does not start with a metric name")
             continue
         named_lines += 1
         name = match.group()
         if wanted is not None and name not in wanted:
             continue
-        pos = match.end()
+        if end - line_start > MAX_LINE_CHARS:
+            result._drop(lineno, f"{name}: line longer than {MAX_LINE_CHARS} characters")
+            continue
+        line = text[line_start:end]
+        pos = match.end() - line_start
         labels: Labels = {}
         if pos < len(line) and line[pos] == "{":
             parsed = _parse_labels(line, pos)
@@ -147,7 +169,7 @@ def parse(text: str, wanted: Collection[str] | None = None) -> Exposition:
         if isinstance(value, str):
             result._drop(lineno, f"{name}: {value}")
             continue
-        key = line[:pos]  # name and label block as written: equal text, same series
+        key = (name, tuple(sorted(labels.items())))  # not the text: spacing must not matter
         if key in seen:
             result._drop(lineno, f"{name}: duplicate series")
             continue
@@ -156,6 +178,12 @@ def parse(text: str, wanted: Collection[str] | None = None) -> Exposition:
         if bucket is None:
             samples[name] = bucket = []
         bucket.append(Sample(name, labels, value))
+        room -= 1
+        if room == 0:  # the lines left are counted at C speed, never parsed
+            lines_left = text.count("\n", start, stop)
+            comments = text.count("\n#", end, stop) + text.count("\n\n", end, stop)
+            result.capped = lines_left - comments
+            break
     if named_lines == 0 and result.dropped > 0:
         raise ParseError(f"no metric lines found; first problem: {result.errors[0]}")
     return result

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-from exporter.engines import llamacpp, sglang, tgi, triton, vllm
+import importlib
+from pathlib import Path
+
 from exporter.engines.schema import EngineMapping
 
-ENGINES: dict[str, EngineMapping] = {
-    m.engine: m
-    for m in (vllm.MAPPING, sglang.MAPPING, tgi.MAPPING, llamacpp.MAPPING, triton.MAPPING)
-}
+_DECLARATION = "\nMAPPING = EngineMapping("
+
+
+def _discover() -> dict[str, EngineMapping]:
+    """Every module of this package that declares `MAPPING = EngineMapping(...)` is an engine:
+    adding an engine is adding one file. Only those modules are imported (not, say, the
+    Kubernetes client). Ordered by `MAPPING.detection_order` (Triton last, because its vLLM
+    backend re-exports `vllm:*` next to `nv_*`)."""
+    found: list[EngineMapping] = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if _DECLARATION not in path.read_text(encoding="utf-8"):
+            continue
+        mapping = importlib.import_module(f"exporter.engines.{path.stem}").MAPPING
+        if isinstance(mapping, EngineMapping):
+            found.append(mapping)
+    found.sort(key=lambda m: (m.detection_order, m.engine))
+    engines = {m.engine: m for m in found}
+    if len(engines) != len(found):
+        raise ValueError("two engine modules declare the same engine name")
+    return engines
+
+
+ENGINES: dict[str, EngineMapping] = _discover()
 ENGINE_NAMES: tuple[str, ...] = tuple(ENGINES)
-"""Detection order: Triton last, because its vLLM backend re-exports `vllm:*` next to `nv_*`."""
+"""In detection order."""
 
 
 class EngineNotDetected(ValueError):

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from exporter.catalog import MetricSpec
+
 PREFIX = "inferwatch_llm_"
 
 Kind = Literal["gauge", "counter", "histogram"]
@@ -154,6 +156,8 @@ class EngineMapping:
     parse_info: InfoParser = no_info
     versions: str = ""
     """Versions the mapping was checked against (README)."""
+    detection_order: int = 50
+    """Auto-detection tries engines in this order (lower first)."""
     wanted: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -187,3 +191,31 @@ DROPPED_SERIES = _spec(
 PROBE_SUCCESS = _spec("probe_success", "gauge", "1 when the last canary completion streamed.")
 PROBE_TTFT = _spec("probe_ttft_seconds", "gauge", "Time to first token of the last canary.")
 PROBE_DURATION = _spec("probe_duration_seconds", "gauge", "Duration of the last canary.")
+
+# Labels every normalized series has (plus a target's configured extra labels), and the
+# metric-specific ones; declared here so docs, the test catalog and drift checks read one place.
+TARGET_LABELS = ("engine", "model", "target")
+EXTRA_LABELS: dict[str, tuple[str, ...]] = {
+    ENGINE_INFO.name: ("engine_version",),
+    MAPPING_MISSING.name: ("metric",),
+    DROPPED_SERIES.name: ("reason",),
+    PREFIX + "requests": ("outcome", "finished_reason"),
+}
+STATUS_SPECS: tuple[Spec, ...] = (
+    ENGINE_INFO,
+    UP,
+    HEALTHY,
+    MAPPING_MISSING,
+    DROPPED_SERIES,
+    PROBE_SUCCESS,
+    PROBE_TTFT,
+    PROBE_DURATION,
+)
+
+
+def declared_metrics() -> tuple[MetricSpec, ...]:
+    """The llm collector's catalog as MetricSpecs (status series first, then CATALOG)."""
+    return tuple(
+        MetricSpec(s.name, s.kind, s.doc, (*TARGET_LABELS, *EXTRA_LABELS.get(s.name, ())))
+        for s in (*STATUS_SPECS, *CATALOG)
+    )

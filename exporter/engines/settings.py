@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import urllib.parse
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from exporter.settings import FrozenModel
 
-EngineChoice = Literal["auto", "vllm", "sglang", "tgi", "triton", "llamacpp"]
+
+def check_engine(value: str) -> str:
+    """ "auto" or a registered engine (the registry is the only list of engines)."""
+    from exporter.engines.registry import ENGINE_NAMES
+
+    if value != "auto" and value not in ENGINE_NAMES:
+        raise ValueError(f"must be auto or one of {', '.join(ENGINE_NAMES)}")
+    return value
+
+
+def _engine_enum() -> list[str]:
+    from exporter.engines.registry import ENGINE_NAMES
+
+    return ["auto", *ENGINE_NAMES]
+
+
+EngineChoice = Annotated[
+    str,
+    AfterValidator(check_engine),
+    Field(json_schema_extra=lambda schema: schema.update(enum=_engine_enum())),
+]
 
 
 def check_http_url(value: str) -> str:

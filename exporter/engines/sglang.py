@@ -1,7 +1,9 @@
 """SGLang: `sglang:` names, and the `sglang_` spelling some releases used (sglang#12618).
 
 Sources: sglang/srt/observability/metrics_collector.py (0.5.23 wheel) and the v0.4.1 capture.
-`sglang:token_usage` is the max of the KV/SWA/Mamba pools' usage (a ratio).
+`sglang:token_usage` is the max of the KV/SWA/Mamba pools' usage (a ratio). Releases before 0.4
+(the production-metrics docs of 0.3.x) published `sglang:num_requests_running` /
+`sglang:num_requests_waiting` and named the model in a `name` label: both kept as fallbacks.
 """
 
 from __future__ import annotations
@@ -56,16 +58,23 @@ def parse_server_info(body: Any) -> EngineInfo:
 
 
 MAPPING = EngineMapping(
+    detection_order=20,
     engine="sglang",
     markers=PREFIXES,
-    model_labels=("model_name",),
+    model_labels=("model_name", "name"),
     health_path="/health",
     info_path="/get_server_info",
     parse_info=parse_server_info,
-    versions="0.4.1 (fixture) - 0.5.23",
+    versions="0.3 (running/waiting, model label) - 0.4.1 (fixture) - 0.5.23",
     metrics={
-        metric("requests_running"): _each("num_running_reqs"),
-        metric("requests_waiting"): _each("num_queue_reqs"),
+        metric("requests_running"): (
+            *_each("num_running_reqs"),
+            *_each("num_requests_running", note="before 0.4"),
+        ),
+        metric("requests_waiting"): (
+            *_each("num_queue_reqs"),
+            *_each("num_requests_waiting", note="before 0.4"),
+        ),
         metric("kv_cache_usage_ratio"): _each("token_usage"),
         metric("prompt_tokens"): _each("prompt_tokens_total"),
         metric("generation_tokens"): _each("generation_tokens_total"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -63,17 +63,17 @@ def target_from_settings(settings: TargetSettings) -> Target:
     )
 
 
-def targets_from_file_sd(data: Any, source: str) -> list[Target]:
+def targets_from_file_sd(data: Any) -> list[Target]:
     """Prometheus file_sd: `[{"targets": ["host:port"], "labels": {...}}]`.
 
     Labels used: `engine`, `model`, `__scheme__`, `__metrics_path__`; others are ignored.
     Raises ValueError naming the first bad entry.
     """
     if not isinstance(data, list):
-        raise ValueError(f"{source}: top level must be a list of target groups")
+        raise ValueError("top level must be a list of target groups")
     found: list[Target] = []
     for index, group in enumerate(data):
-        where = f"{source}: [{index}]"
+        where = f"target group [{index}]"
         if not isinstance(group, dict) or not isinstance(group.get("targets"), list):
             raise ValueError(f"{where}: needs a 'targets' list")
         labels = group.get("labels") or {}
@@ -83,7 +83,11 @@ def targets_from_file_sd(data: Any, source: str) -> list[Target]:
         if engine != "auto" and engine not in ENGINES:
             raise ValueError(f"{where}: unknown engine {engine!r}")
         scheme = str(labels.get("__scheme__", "http"))
+        if scheme not in ("http", "https"):
+            raise ValueError(f"{where}: __scheme__ {scheme!r} is not http or https")
         path = str(labels.get("__metrics_path__", "/metrics"))
+        if not path.startswith("/"):
+            raise ValueError(f"{where}: __metrics_path__ {path!r} must start with '/'")
         model = labels.get("model")
         for address in group["targets"]:
             host_port = str(address)
@@ -102,6 +106,21 @@ def targets_from_file_sd(data: Any, source: str) -> list[Target]:
     return found
 
 
+def read_text_bounded(path: str, limit: int) -> str:
+    """UTF-8 text of a regular file of at most `limit` bytes (a FIFO or device raises)."""
+    with open(path, "rb", opener=_nonblocking) as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ValueError("not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data.decode("utf-8")
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
 @dataclass
 class _Watched:
     stamp: tuple[int, int, int] | None = None
@@ -109,8 +128,18 @@ class _Watched:
     error: str | None = None
 
 
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""A file_sd file listing thousands of targets is well under this."""
+
+
 class FileSD:
-    """Re-reads each file when its mtime, size or inode changes; a bad edit keeps the last list."""
+    """Re-reads each file when its mtime, size or inode changes; a bad edit keeps the last list.
+
+    An empty file (0 bytes or only whitespace) is what an in-place rewrite (`>` redirection, an
+    editor's truncate-then-write) shows for an instant, so it also keeps the last list: every
+    engine series vanishing for a few seconds is worse than a moment's delay. To remove all
+    targets, write an empty list (`[]`).
+    """
 
     def __init__(self, paths: Sequence[str]) -> None:
         self._files = {path: _Watched() for path in paths}
@@ -133,8 +162,11 @@ class FileSD:
             return
         watched.stamp = stamp
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-            targets = targets_from_file_sd(data if data is not None else [], path)
+            text = read_text_bounded(path, MAX_FILE_BYTES)
+            if not text.strip():
+                raise ValueError("file is empty (a rewrite in progress?); write [] for no targets")
+            data = yaml.safe_load(text)  # None: only comments, an intended empty list
+            targets = targets_from_file_sd([] if data is None else data)
         except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
             self._fail(path, watched, str(exc).splitlines()[0], keep=True)
             return

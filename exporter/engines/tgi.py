@@ -37,6 +37,7 @@ def _h(name: str, note: str = "") -> Source:
 
 
 MAPPING = EngineMapping(
+    detection_order=30,
     engine="tgi",
     markers=("tgi_",),
     model_labels=(),

@@ -39,6 +39,7 @@ def _trt(family: str, label: str, value: str) -> Source:
 
 
 MAPPING = EngineMapping(
+    detection_order=90,
     engine="triton",
     markers=("nv_trt_llm_", "nv_inference_", "nv_llm_"),
     model_labels=("model",),

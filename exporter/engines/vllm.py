@@ -32,6 +32,7 @@ def _h(name: str) -> Source:
 
 
 MAPPING = EngineMapping(
+    detection_order=10,
     engine="vllm",
     markers=("vllm:",),
     model_labels=("model_name", "model"),

@@ -42,8 +42,7 @@ SNAPSHOT_FIELDS = (
     "blocks",
 )
 
-# The catalog's `pool` label values and the byte gauges published per pool.
-POOLS = ("all", "large", "small", "private")
+# The byte gauges published per pool.
 POOL_GAUGES = ("reserved", "allocated", "active", "inactive_split", "free", "largest_free_block")
 
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from exporter.simulate import fake_nvml
 from exporter.simulate.fake_nvml import FakeNvmlLib
 from exporter.simulate.probe_files import ProbeFileSimulator
-from exporter.simulate.scenarios import BUILDERS, SCENARIOS, Scenario, SimProcess
+from exporter.simulate.scenarios import BUILDERS, SCENARIOS, PodSpec, Scenario, SimProcess
 
 if TYPE_CHECKING:
     from exporter.config import ExporterConfig
@@ -82,6 +82,31 @@ def write_host_files(root: Path, processes: dict[int, SimProcess]) -> None:
             (containers / name).touch()
 
 
+def remove_host_files(root: Path, processes: dict[int, SimProcess]) -> None:
+    """Undo write_host_files for processes that exited (and their pods' log entries)."""
+    for proc in processes.values():
+        shutil.rmtree(root / "proc" / str(proc.pid), ignore_errors=True)
+        if proc.pod is not None:
+            pod = proc.pod
+            shutil.rmtree(
+                root / "var" / "log" / "pods" / f"{pod.namespace}_{pod.pod}_{pod.uid}",
+                ignore_errors=True,
+            )
+            name = f"{pod.pod}_{pod.namespace}_{pod.container}-{pod.container_id}.log"
+            (root / "var" / "log" / "containers" / name).unlink(missing_ok=True)
+
+
+# POST /-/simulate actions that change one GPU's health (see FakeNvmlLib for the semantics).
+GPU_FAULTS = ("reset_gpu", "remap_row", "recovery_action", "pcie_replays", "nvlink_errors", "gpm")
+
+
+def _count(action: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = action.get(key, low if key == "count" else None)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise SimulationInputError(f"'{key}' must be an integer from {low} to {high}")
+    return value
+
+
 class Simulation:
     """One running scenario: fake NVML, fake host files, probe files and runtime injection."""
 
@@ -93,10 +118,14 @@ class Simulation:
         self.started = time.monotonic()
         self.injected: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
         self._pending_events = sorted(scenario.events, key=lambda e: e[0])
+        # Xids that "happened" before the exporter ran, fired once its watcher registered the GPU
+        # (NVML itself only reports events that happen after registration).
+        self._initial_xids = list(scenario.initial_xids)
         self._base_utilization = [g.utilization_gpu for g in scenario.gpus]
         self._probes: ProbeFileSimulator | None = None
         self._probes_changed = False  # an injection changed them: write at the next tick
         self._written_at = 0.0
+        self._next_pid = max(scenario.processes, default=10_000)
 
     @classmethod
     def from_name(cls, name: str) -> Simulation:
@@ -133,8 +162,6 @@ class Simulation:
         """Cleanup context: fake NVML in, scenario clock running; all undone at shutdown."""
         fake_nvml.install(self.lib)
         self.started = time.monotonic()
-        for gpu, xid in self.scenario.initial_xids:
-            self.lib.inject_xid(gpu, xid)
         log.info("simulating scenario %r: %s", self.scenario.name, self.scenario.description)
         self._write_probes()  # before any collector's first refresh
         task = asyncio.create_task(self._run(), name="simulation")
@@ -157,6 +184,8 @@ class Simulation:
     async def _run(self) -> None:
         while True:
             self.tick()
+            if self.scenario.churn:
+                await asyncio.to_thread(self.churn)
             if self._probes_changed or self.elapsed - self._written_at >= PROBE_WRITE_SECONDS:
                 await asyncio.to_thread(self._write_probes)
             await asyncio.sleep(TICK_SECONDS)
@@ -164,6 +193,9 @@ class Simulation:
     def tick(self) -> None:
         """Move the numbers like a busy inference host would, and fire due scenario events."""
         now = self.elapsed
+        for event in [e for e in self._initial_xids if self.lib.registered(e[0])]:
+            self._initial_xids.remove(event)
+            self.lib.inject_xid(*event)
         while self._pending_events and self._pending_events[0][0] <= now:
             _, action = self._pending_events.pop(0)
             log.info("simulation event at %.0fs: %s", now, action)
@@ -180,6 +212,26 @@ class Simulation:
             idle = pynvml.nvmlClocksEventReasonGpuIdle
             gpu.clocks_event_reasons = idle if util == 0 else gpu.clocks_event_reasons & ~idle
 
+    def churn(self) -> None:
+        """Every process exits; a new one with a new PID, in a new pod, takes its GPU memory."""
+        if self.root is None:
+            return
+        old, new = self.scenario.processes, {}
+        for gpu in self.scenario.gpus:
+            for entry in gpu.processes:
+                previous = old.get(entry.pid)
+                self._next_pid += 1
+                pod = None
+                if previous is not None and previous.pod is not None:
+                    base = previous.pod
+                    pod = PodSpec(base.namespace, f"engine-{self._next_pid}", base.container)
+                command = previous.command if previous is not None else "python3"
+                new[self._next_pid] = SimProcess(self._next_pid, command, pod)
+                entry.pid = self._next_pid
+        write_host_files(self.root, new)
+        remove_host_files(self.root, old)
+        self.scenario.processes = new
+
     def apply(self, action: Any) -> None:
         """Apply one injection (the body of POST /-/simulate); SimulationInputError if bad."""
         if not isinstance(action, dict):
@@ -194,6 +246,8 @@ class Simulation:
                 self.lib.inject_xid(gpu, xid)
             else:
                 self.lib.set_lost(gpu, kind == "lose_gpu")
+        elif kind in GPU_FAULTS:
+            self._gpu_fault(kind, self._gpu_index(action.get("gpu")), action)
         elif kind == "fragmentation":
             mode = action.get("mode")
             if mode not in FRAGMENTATION_MODES:
@@ -206,9 +260,37 @@ class Simulation:
                 self._probes_changed = True
         else:
             raise SimulationInputError(
-                "'action' must be one of xid, lose_gpu, restore_gpu, fragmentation"
+                "'action' must be one of xid, lose_gpu, restore_gpu, fragmentation, "
+                + ", ".join(GPU_FAULTS)
             )
         self.injected.append(dict(action))
+
+    def _gpu_fault(self, kind: str, gpu: int, action: dict[str, Any]) -> None:
+        """The sticky-health faults: each stays until `reset_gpu` (or is a counter)."""
+        target = self.scenario.gpus[gpu]
+        if kind == "reset_gpu":
+            self.lib.reset_gpu(gpu)
+        elif kind == "remap_row":
+            fail = action.get("fail", False)
+            if not isinstance(fail, bool):
+                raise SimulationInputError("'fail' must be true or false")
+            self.lib.remap_row(gpu, fail=fail)
+        elif kind == "recovery_action":
+            value = _count(action, "value", 0, 7)
+            self.lib.set_recovery_action(gpu, value)
+        elif kind == "pcie_replays":
+            target.pcie_replays += _count(action, "count", 1, 10**6)
+        elif kind == "nvlink_errors":
+            link = _count(action, "link", 0, max(0, target.nvlink_links - 1))
+            key = (link, pynvml.NVML_NVLINK_ERROR_DL_REPLAY)
+            target.nvlink_errors[key] = target.nvlink_errors.get(key, 0) + _count(
+                action, "count", 1, 10**6
+            )
+        else:  # gpm
+            supported = action.get("supported")
+            if not isinstance(supported, bool):
+                raise SimulationInputError("'supported' must be true or false")
+            target.gpm_supported = supported
 
     def _gpu_index(self, value: Any) -> int:
         count = len(self.scenario.gpus)
@@ -223,7 +305,15 @@ class Simulation:
             "fragmentation": self.fragmentation,
             "probe_files": self._probes is not None,
             "gpus": [
-                {"gpu": i, "uuid": g.uuid, "name": g.name, "lost": g.lost}
+                {
+                    "gpu": i,
+                    "uuid": g.uuid,
+                    "name": g.name,
+                    "lost": g.lost,
+                    "recovery_action": g.recovery_action,
+                    "remap_pending": g.remap_pending,
+                    "remap_failure": g.remap_failure,
+                }
                 for i, g in enumerate(self.scenario.gpus)
             ],
             "injected": list(self.injected),
@@ -235,6 +325,8 @@ class Simulation:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return web.json_response({"error": "body must be JSON"}, status=400)
+        except RecursionError:  # json raises it for deep nesting: bad input, not a 500
+            return web.json_response({"error": "body is nested too deeply"}, status=400)
         try:
             self.apply(body)
         except SimulationInputError as exc:

@@ -52,6 +52,7 @@ class Scenario:
     initial_xids: list[tuple[int, int]] = field(default_factory=list)  # (gpu, xid)
     fragmentation: str = "healthy"
     nvml_latency_s: float = 0.0
+    churn: bool = False  # every tick, each process exits and a new one (new PID, pod) replaces it
 
 
 def gpu_uuid(scenario: str, index: int) -> str:
@@ -124,6 +125,9 @@ def mig() -> Scenario:
         pci_bus_id="00000000:07:00.0",
         mig_mode=pynvml.NVML_DEVICE_MIG_ENABLE,
         power_limit_mw=400_000,
+        nvlink_links=12,  # NVLink3
+        gpm_supported=False,  # GPM is Hopper and later
+        pcie_generation=(4, 4),
         clocks_mhz={
             pynvml.NVML_CLOCK_GRAPHICS: 1410,
             pynvml.NVML_CLOCK_SM: 1410,
@@ -168,12 +172,40 @@ def large() -> Scenario:
     return Scenario("large", SCENARIOS["large"], gpus, procs, nvml_latency_s=200e-6)
 
 
+def churn() -> Scenario:
+    gpus = [h100("churn", i, utilization=50) for i in range(8)]
+    procs: dict[int, SimProcess] = {}
+    pid = 20_000
+    for i in range(64):
+        pod = PodSpec(f"team-{i % 4}", f"engine-{i}", "server")
+        proc = SimProcess(pid, "python3 -m vllm.worker", pod)
+        procs[pid] = proc
+        _place(gpus[i % 8], proc, 512 * 2**20)
+        pid += 1
+    return Scenario("churn", SCENARIOS["churn"], gpus, procs, churn=True)
+
+
+def demo() -> Scenario:
+    """The demo's fleet as NVML sees it: the pods on each GPU are named like the replicas the
+    demo's local backend runs there, so a GPU alert names the replica to act on."""
+    gpus = [h100("demo", i, utilization=70) for i in range(2)]
+    procs = [
+        SimProcess(7100 + i, "llama-server", PodSpec("default", f"chat-{i}", "engine"))
+        for i in range(2)
+    ]
+    for gpu, proc in zip(gpus, procs, strict=True):
+        _place(gpu, proc, 60 * GiB)
+    return Scenario("demo", SCENARIOS["demo"], gpus, {p.pid: p for p in procs})
+
+
 SCENARIOS: dict[str, str] = {
     "default": "4 healthy H100s; vLLM and SGLang pods plus a host process; allocator probe files",
     "fragmentation": "like default, but allocator fragmentation and reserved memory creep up",
     "xid79": "like default, but GPU 1 falls off the bus (Xid 79) after 20 s",
     "mig": "an A100 in MIG mode with three instances, next to an H100",
     "large": "8 H100s, 256 processes, NVML calls at 200 us (the benchmark's shape)",
+    "churn": "8 H100s, 64 processes replaced every second by new PIDs in new pods (the soak)",
+    "demo": "2 H100s, one engine pod on each (default/chat-0, default/chat-1: the demo's replicas)",
 }
 
 BUILDERS: dict[str, Callable[[], Scenario]] = {
@@ -182,4 +214,6 @@ BUILDERS: dict[str, Callable[[], Scenario]] = {
     "xid79": xid79,
     "mig": mig,
     "large": large,
+    "churn": churn,
+    "demo": demo,
 }

@@ -5,37 +5,51 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collectors.base import Collector, CollectorContext, CollectorSettings
-from exporter.scheduler import Scheduler, refresh_once
+from exporter.collectors.base import Collector, CollectorContext, CollectorSettings, NoDataError
+from exporter.scheduler import Scheduler, refresh_once, run_forever
 from exporter.snapshot import SnapshotStore
 
 CONTEXT = CollectorContext(http=None, nvml=None)  # type: ignore[arg-type]  # unused by these
 
 
 class Scripted(Collector[CollectorSettings]):
-    """Replays a script: a number (gauge value), "raise", or "hang"."""
+    """Replays a script: a number (gauge value), "raise", "hang", "nodata" or "unencodable"."""
 
     def __init__(self, name: str, script: list[Any], timeout: float = 0.2) -> None:
         super().__init__(CollectorSettings(interval_seconds=0.01, timeout_seconds=timeout), CONTEXT)
         self.name = name  # type: ignore[misc]
         self.script = list(script)
         self.calls = 0
+        self.progress = asyncio.Event()  # set at every update() call
+
+    async def until_calls(self, n: int) -> None:
+        """Wait (bounded) until update() has been called n times."""
+        async with asyncio.timeout(5):
+            while self.calls < n:
+                self.progress.clear()
+                await self.progress.wait()
 
     async def update(self) -> Sequence[Metric]:
         step = self.script[min(self.calls, len(self.script) - 1)]
         self.calls += 1
+        self.progress.set()
         if step == "raise":
             raise RuntimeError("source broke")
         if step == "hang":
             await asyncio.sleep(3600)
+        if step == "nodata":
+            raise NoDataError("nothing_here")
         family = GaugeMetricFamily(f"test_{self.name}_value", "A scripted value.")
-        family.add_metric([], float(step))
+        family.add_metric([], object() if step == "unencodable" else float(step))
         return [family]
 
 
@@ -91,7 +105,7 @@ async def test_background_loops_never_overlap_and_stop_cleanly() -> None:
     slow = Slow("slow", [3])
     store = SnapshotStore(["slow"])
     scheduler = Scheduler([slow], store)
-    scheduler.start()
+    await scheduler.start()
     await asyncio.sleep(0.2)
     await scheduler.stop()
     assert slow.calls >= 3
@@ -139,3 +153,114 @@ async def test_formats_scrapers_ask_for_are_prebuilt_on_every_publish() -> None:
     text = gzip.decompress(body).decode()
     assert text.count("# EOF") == 1 and text.endswith("# EOF\n")
     assert "test_c_value 2.0" in text
+
+
+async def test_a_failed_publish_drops_the_series_sets_success_0_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Encoding (the publish step) breaks: never the old snapshot presented as fresh."""
+    c = Scripted("c", [4, "unencodable"])
+    store = SnapshotStore(["c"])
+    assert await refresh_once(c, store)
+    assert samples(store)["test_c_value"] == 4
+    with caplog.at_level(logging.WARNING, logger="exporter.scheduler"):
+        task = asyncio.create_task(run_forever(c, store))
+        await c.until_calls(6)  # several failing refreshes in the loop, which keeps running
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    got = samples(store)
+    assert "test_c_value" not in got
+    assert got["inferwatch_exporter_collector_success{collector=c}"] == 0
+    assert got["inferwatch_exporter_collector_errors_total{collector=c}"] >= 4
+    logged = [r.getMessage() for r in caplog.records if "collector c" in r.getMessage()]
+    assert len(logged) == 1 and "TypeError" in logged[0]  # once per distinct error
+
+
+async def test_no_data_is_success_with_a_reason_not_a_failure() -> None:
+    c = Scripted("c", [2, "nodata"])
+    store = SnapshotStore(["c"])
+    await refresh_once(c, store)
+    assert await refresh_once(c, store)
+    got = samples(store)
+    assert "test_c_value" not in got
+    assert got["inferwatch_exporter_collector_success{collector=c}"] == 1
+    assert got["inferwatch_exporter_collector_no_data{collector=c}{reason=nothing_here}"] == 1
+    assert got["inferwatch_exporter_collector_errors_total{collector=c}"] == 0
+
+
+async def test_lifecycle_start_once_then_updates_then_close() -> None:
+    events: list[str] = []
+
+    class Tracked(Scripted):
+        async def start(self) -> None:
+            events.append("start")
+
+        async def update(self) -> Sequence[Metric]:
+            events.append("update")
+            return await super().update()
+
+        async def close(self) -> None:
+            events.append("close")
+
+    c = Tracked("c", [1])
+    store = SnapshotStore(["c"])
+    scheduler = Scheduler([c], store)
+    await scheduler.start()
+    await c.until_calls(2)
+    await scheduler.stop()
+    assert events[0] == "start" and events[-1] == "close"
+    assert events.count("start") == 1 and events.count("close") == 1
+    assert set(events[1:-1]) == {"update"}
+
+
+async def test_an_abandoned_refresh_never_overlaps_the_next_one() -> None:
+    """Blocking work runs on the collector's own thread: a timed-out job finishes first."""
+    release = threading.Event()
+    running = 0
+    overlapped = False
+
+    def blocking(wait: bool) -> int:
+        nonlocal running, overlapped
+        running += 1
+        overlapped |= running > 1
+        if wait:
+            release.wait(5)
+        running -= 1
+        return 1
+
+    class Blocking(Scripted):
+        async def update(self) -> Sequence[Metric]:
+            self.calls += 1
+            await self.run_blocking(blocking, self.calls == 1)
+            family = GaugeMetricFamily("test_blocking_value", "A value.")
+            family.add_metric([], float(self.calls))
+            return [family]
+
+    c = Blocking("b", [0], timeout=0.05)
+    store = SnapshotStore(["b"])
+    assert not await refresh_once(c, store)  # abandoned while its thread still runs
+    second = asyncio.create_task(refresh_once(c, store))
+    await asyncio.sleep(0.02)
+    assert not second.done()  # queued behind the abandoned job, not beside it
+    release.set()
+    await second
+    assert not overlapped
+    c.shutdown_executor()
+
+
+async def test_a_collector_that_cannot_start_is_failing_and_the_others_run() -> None:
+    class Broken(Scripted):
+        async def start(self) -> None:
+            raise RuntimeError("no watch")
+
+    bad, good = Broken("bad", [1]), Scripted("good", [1])
+    store = SnapshotStore(["bad", "good"])
+    scheduler = Scheduler([bad, good], store)
+    await scheduler.start()
+    await good.until_calls(2)  # the first refresh is published before the second starts
+    await scheduler.stop()
+    got = samples(store)
+    assert got["inferwatch_exporter_collector_success{collector=bad}"] == 0
+    assert bad.calls == 0
+    assert got["test_good_value"] == 1

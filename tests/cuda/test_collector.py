@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.core import Metric
 
+from exporter.collectors.base import NoDataError
 from exporter.nvml import Nvml
 from exporter.probe import files
 from exporter.probe.probe import Probe, ProbeConfig
@@ -171,7 +172,8 @@ async def test_without_nvml_or_directory_it_still_works(
     assert value(found, "inferwatch_cuda_allocator_outside_bytes", **all_pool) is None
 
     host.probe_dir.rename(tmp_path / "elsewhere")
-    assert not any(s for f in await make_collector(host, nvml).update() for s in f.samples)
+    with pytest.raises(NoDataError, match="no_probe_files"):  # success, with nothing to say
+        await make_collector(host, nvml).update()
 
 
 async def test_reads_what_the_real_probe_writes(tmp_path: Path, nvml: Nvml) -> None:

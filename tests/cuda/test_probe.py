@@ -15,6 +15,7 @@ import pytest
 from exporter.probe import files
 from exporter.probe import runtime as probe_pkg
 from exporter.probe.probe import Probe, ProbeConfig, expandable_from_conf, normalize_uuid
+from harness.wait import eventually
 from tests.cuda.pytorch_shapes import MiB, block, memory_stats, segment
 
 UUID0 = "GPU-11111110-2222-3333-4444-555555555555"
@@ -89,15 +90,6 @@ def make_probe(tmp_path: Path, source: InjectedSource, **config: Any) -> Probe:
     return Probe(cfg, source, environ={"PYTORCH_ALLOC_CONF": "max_split_size_mb:128"})
 
 
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_thread_waits_for_cuda_then_writes_one_atomic_file(tmp_path: Path) -> None:
     source = InjectedSource()
     probe = make_probe(tmp_path, source)
@@ -108,8 +100,8 @@ def test_thread_waits_for_cuda_then_writes_one_atomic_file(tmp_path: Path) -> No
         assert "memory_stats" not in source.calls  # nothing touched before CUDA is initialized
 
         source.initialized = True
-        assert wait_for(probe.path.exists)
-        assert wait_for(lambda: probe.writes >= 3)
+        assert eventually(probe.path.exists, 5, interval=0.01)
+        assert eventually(lambda: probe.writes >= 3, 5, interval=0.01)
     finally:
         probe.stop(remove_file=False)
 

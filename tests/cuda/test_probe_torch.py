@@ -1,7 +1,8 @@
 """The probe inside a real (CPU-only) PyTorch: it idles, never initializes CUDA, never crashes.
 
-Skipped where torch is not installed (`pip install torch` gives the CPU build on machines without
-a GPU; it is about 200 MB, so it is an optional test dependency).
+Needs a CPU build of torch, which `./run setup` installs (or stops, saying how to get one: PyPI's
+Linux x86_64 torch is the multi-GB CUDA build). Without it these tests skip, and the suite fails
+on that skip (tests/conftest.py).
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from exporter.collectors.base import CollectorContext
+from exporter.collectors.base import CollectorContext, NoDataError
 from exporter.collectors.llm import LlmCollector, LlmSettings
+from harness.engine_stub import EngineStub
+from harness.kube_api import FakeKubeApi, engine_pod
 from tests.engines.conftest import fixture_text, raw_samples, total
-from tests.engines.engine_stub import EngineStub
-from tests.support.kube_api import FakeKubeApi, engine_pod
 
 Sample = tuple[str, dict[str, str], float]
 SELECT = {"inferwatch.io/scrape": "true"}
@@ -43,7 +43,10 @@ async def refresh_until(
     samples: list[Sample] = []
     for _ in range(attempts):
         async with asyncio.timeout(c.settings.timeout_seconds):
-            families = await c.update()
+            try:
+                families = await c.update()
+            except NoDataError:  # no pods discovered (yet)
+                families = []
         samples = [(s.name, dict(s.labels), s.value) for f in families for s in f.samples]
         if done(samples):
             return samples
@@ -94,6 +97,7 @@ async def test_pods_on_this_node_are_discovered_and_followed(
             }
         )
         c = LlmCollector(settings, CollectorContext(http=http, nvml=None))  # type: ignore[arg-type]
+        await c.start()
         try:
             vllm_target = f"127.0.0.1:{vllm_port}"
             samples = await refresh_until(c, lambda s: targets(s) == {vllm_target})
@@ -145,7 +149,10 @@ async def test_without_a_node_name_discovery_stays_off(
             {"kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig)}}
         )
         c = LlmCollector(settings, CollectorContext(http=http, nvml=None))  # type: ignore[arg-type]
-        assert await c.update() == []
+        await c.start()
+        for _ in range(3):  # every refresh: no targets, and no new error line
+            with pytest.raises(NoDataError, match="no_targets"):
+                await c.update()
         await c.close()
     assert api.requests == []
-    assert "node name unknown" in caplog.text
+    assert caplog.text.count("node name unknown") == 1

@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from demo.services import free_port, llama_server, llama_server_binary, smollm2_model
 from exporter.collectors.base import CollectorContext
 from exporter.collectors.llm import LlmCollector, LlmSettings
+from harness.services import free_port, llama_server, llama_server_binary, smollm2_model
 from tests.engines.conftest import raw_samples, total
 
 pytestmark = pytest.mark.integration

@@ -170,8 +170,13 @@ def test_tgi_values_and_model_from_info() -> None:
 
 
 def test_triton_per_model_and_microseconds() -> None:
-    text = fixture_text("triton-1")
+    # The capture's cumulative durations are all 0, which would hide a missing µs -> s conversion.
+    text = fixture_text("triton-1").replace(
+        'nv_inference_request_duration_us{model="densenet_onnx",version="1"} 0\n',
+        'nv_inference_request_duration_us{model="densenet_onnx",version="1"} 2500000\n',
+    )
     raw = raw_samples(text)
+    assert total(raw, "nv_inference_request_duration_us", model="densenet_onnx") == 2500000
     result = normalize_text(text, target="t")
     assert sorted(result.models) == ["cc_fraud_detect_model", "densenet_onnx"]
     for model in result.models:

@@ -117,28 +117,80 @@ def test_arbitrary_text_never_raises_anything_but_parse_error(text: str) -> None
             assert isinstance(sample.value, float)
 
 
-_metric_lines = st.lists(
-    st.one_of(
-        st.from_regex(
-            r"[a-z_:]{1,12}(\{[a-z]{1,4}=\"[^\"\\\n]{0,8}\"\})? -?[0-9]{1,4}(\.[0-9]+)?",
-            fullmatch=True,
-        ),
-        st.text(alphabet=st.characters(exclude_characters="\x00"), max_size=40),
-    ),
-    max_size=20,
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+_label_text = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12
+)
+_number = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),  # 1e+300, -0.0, nan, inf
+    st.integers(min_value=-(2**53), max_value=2**53).map(str),
+    st.sampled_from(["+Inf", "-Inf", "NaN", "1e3", "-1.5E-7", ".5", "7."]),
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_metric_lines)
-def test_mixed_good_and_bad_lines_keep_the_good_ones(lines: list[str]) -> None:
+@st.composite
+def _good_line(draw: st.DrawFn, index: int) -> str:
+    """One well-formed sample line: a unique name, optional labels (escaped), a value in any of
+    the spellings the format allows, an optional timestamp."""
+    name = f"good_{index}" + draw(st.from_regex(r"[a-zA-Z0-9_:]{0,8}", fullmatch=True))
+    label_names = draw(
+        st.lists(
+            st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,5}", fullmatch=True).filter(
+                lambda n: not n.startswith("__")  # reserved: the oracle parser rejects them
+            ),
+            max_size=4,
+            unique=True,
+        )
+    )
+    pairs = [f'{n}="{_escape(draw(_label_text))}"' for n in label_names]
+    comma = draw(st.sampled_from([",", ", "]))
+    block = "{" + comma.join(pairs) + "}" if pairs or draw(st.booleans()) else ""
+    line = name + block + draw(st.sampled_from([" ", "\t", "  "])) + draw(_number)
+    if draw(st.booleans()):
+        line += " " + str(draw(st.integers(min_value=-(2**40), max_value=2**42)))
+    return line
+
+
+_junk_line = st.text(alphabet=st.characters(exclude_characters="\x00\n"), max_size=40).filter(
+    # Junk never starts like a good line, and never makes the whole text look like HTML.
+    lambda s: not s.startswith("good") and not s.lstrip().startswith("<")
+)
+
+
+@st.composite
+def _mixed_exposition(draw: st.DrawFn) -> tuple[list[str], list[str]]:
+    """(the good lines, the whole text's lines): good lines in order, junk lines between them."""
+    count = draw(st.integers(min_value=1, max_value=12))
+    good = [draw(_good_line(i)) for i in range(count)]
+    lines: list[str] = []
+    for line in good:
+        lines += draw(st.lists(_junk_line, max_size=2))
+        lines.append(line)
+    lines += draw(st.lists(_junk_line, max_size=2))
+    return good, lines
+
+
+def _good_samples(text: str, wanted: set[str] | None = None) -> set[tuple[object, ...]]:
+    return _as_set([s for s in _ours(text, wanted) if s[0].startswith("good_")])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mixed_exposition())
+def test_every_well_formed_sample_is_kept_with_its_value(
+    exposition: tuple[list[str], list[str]],
+) -> None:
+    """Whatever junk surrounds them, all good samples come out with the values (and labels) that
+    prometheus-client's parser reads from the good lines alone."""
+    good, lines = exposition
+    expected = _as_set(raw_samples("\n".join(good) + "\n"))
+    assert len(expected) == len(good)  # the generator's lines are well-formed for the oracle
     text = "\n".join(lines) + "\n"
-    try:
-        expo = parse(text)
-    except ParseError:
-        return
-    kept = sum(len(v) for v in expo.samples.values())
-    assert kept + expo.dropped <= len(lines) + 1
+    assert _good_samples(text) == expected
+    wanted = {name for name, _, _ in expected if name.startswith("good_1")}
+    assert _good_samples(text, wanted) == {s for s in expected if s[0] in wanted}
 
 
 _label_values = st.text(

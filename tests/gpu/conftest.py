@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from exporter.nvml import Nvml
 from exporter.simulate import fake_nvml, write_host_files
 from exporter.simulate.fake_nvml import FakeGpu, FakeNvmlLib
 from exporter.simulate.scenarios import BUILDERS, Scenario
+from harness.wait import eventually_async
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -33,14 +32,7 @@ def pick(found: Samples, name: str, **labels: str) -> list[float]:
     return [v for (n, ls), v in found.items() if n == name and want <= set(ls)]
 
 
-async def eventually(check: Callable[[], Any], within: float = 5.0) -> Any:
-    """Poll an async-free condition until it is truthy (bounded)."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.02)
+eventually = eventually_async  # the GPU tests' name for the harness' bounded wait
 
 
 @pytest.fixture

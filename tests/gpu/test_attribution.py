@@ -95,11 +95,22 @@ def test_a_recycled_pid_is_read_again_and_gone_pids_are_none(tmp_path: Path) -> 
     assert resolver.for_pid(99) is None  # no such process
 
 
-def test_retain_forgets_exited_processes(tmp_path: Path) -> None:
+def test_entries_not_asked_for_are_pruned_and_the_container_index_follows_the_logs(
+    tmp_path: Path,
+) -> None:
+    """Churning PIDs and containers cannot grow the caches: both are bounded by what is live."""
     for pid in (10, 11):
         _host(tmp_path, pid, K8S, 1)
-    resolver = PodResolver(tmp_path / "proc")
-    resolver.for_pid(10)
-    resolver.for_pid(11)
-    resolver.retain([11])
+    resolver = PodResolver(tmp_path / "proc", forget_after_seconds=0.0)
+    resolver.resolve([10])
+    resolver.resolve([11])  # 10 was not asked for since: pruned
     assert set(resolver._by_pid) == {11}
+    logs = tmp_path / "var" / "log" / "containers"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"vllm-0_llm_server-{CID}.log").touch()
+    _host(tmp_path, 12, K8S, 1)
+    assert resolver.resolve([12])[12] == PodRef("llm", "vllm-0", "server")
+    (logs / f"vllm-0_llm_server-{CID}.log").unlink()
+    (logs / f"vllm-1_llm_server-{'b' * 64}.log").touch()
+    resolver._from_container_logs("c" * 64)  # a miss re-lists: the deleted container is gone
+    assert CID not in resolver._by_container

@@ -10,8 +10,8 @@ import aiohttp
 import pynvml
 import pytest
 
-from exporter.collectors.base import CollectorContext
-from exporter.collectors.gpu import GpuCollector, GpuSettings, NvmlUnavailableError
+from exporter.collectors.base import CollectorContext, NoDataError
+from exporter.collectors.gpu import GpuCollector, GpuSettings
 from exporter.nvml import Nvml, NvmlBusyError
 from exporter.scheduler import refresh_once
 from exporter.simulate.fake_nvml import FakeGpu
@@ -27,7 +27,7 @@ async def test_default_scenario_reports_every_gpu_in_base_units(make_rig: MakeRi
     rig = make_rig(scenario)
     found = await rig.collect()
 
-    assert pick(found, "inferwatch_gpu_count") == [4.0]
+    assert pick(found, "inferwatch_gpu_devices") == [4.0]
     assert sorted(pick(found, "inferwatch_gpu_up")) == [1.0] * 4
     gpu0 = scenario.gpus[0]
     labels = {"gpu": "0", "uuid": gpu0.uuid}
@@ -103,7 +103,7 @@ async def test_256_processes_on_8_gpus_all_accounted(make_rig: MakeRig) -> None:
     found = await rig.collect()
     total = sum(pick(found, "inferwatch_gpu_process_memory_bytes"))
     assert total == sum(p.used_bytes for g in scenario.gpus for p in g.processes)
-    assert pick(found, "inferwatch_gpu_count") == [8.0]
+    assert pick(found, "inferwatch_gpu_devices") == [8.0]
 
 
 async def test_injected_xid_increments_the_counter(make_rig: MakeRig) -> None:
@@ -177,7 +177,7 @@ async def test_gpu_that_vanishes_stays_listed_as_down(make_rig: MakeRig) -> None
     gone = scenario.gpus.pop()  # after a re-init NVML no longer enumerates it
     rig.nvml.reset()
     found = await rig.collect()
-    assert pick(found, "inferwatch_gpu_count") == [3.0]
+    assert pick(found, "inferwatch_gpu_devices") == [3.0]
     assert pick(found, "inferwatch_gpu_up", gpu="3", uuid=gone.uuid) == [0.0]
 
 
@@ -265,18 +265,19 @@ async def test_hung_nvml_call_times_out_drops_series_then_recovers(make_rig: Mak
 @pytest.mark.skipif(
     ctypes.util.find_library("nvidia-ml") is not None, reason="a real NVML is installed here"
 )
-async def test_nvml_library_missing_fails_the_collector_with_a_clear_error(
+async def test_nvml_library_missing_is_no_data_on_a_cpu_node(
     http: aiohttp.ClientSession,
 ) -> None:
     assert pynvml.nvmlLib is None  # nothing installed: pynvml will try to load the real library
     nvml = Nvml()
     try:
         collector = GpuCollector(GpuSettings(), CollectorContext(http=http, nvml=nvml))
-        with pytest.raises(NvmlUnavailableError, match="NVML unavailable"):
+        with pytest.raises(NoDataError, match="nvml_unavailable"):
             await collector.update()
         store = SnapshotStore(["gpu"])
-        assert not await refresh_once(collector, store)
-        assert store.status["gpu"].errors_total == 1
+        assert await refresh_once(collector, store)  # a CPU node: no data, not a failure
+        assert store.status["gpu"].errors_total == 0
+        assert store.status["gpu"].snapshot.no_data == "nvml_unavailable"
     finally:
         nvml.close()
 
@@ -286,10 +287,10 @@ async def test_driver_not_loaded_fails_the_collector_with_a_clear_error(
 ) -> None:
     rig = make_rig(default())
     rig.lib.init_error = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
-    with pytest.raises(NvmlUnavailableError, match="Driver Not Loaded"):
+    with pytest.raises(pynvml.NVMLError, match="Driver Not Loaded"):
         await rig.collector.update()
     rig.lib.init_error = pynvml.NVML_SUCCESS  # driver loaded later: the next refresh works
-    assert pick(await rig.collect(), "inferwatch_gpu_count") == [4.0]
+    assert pick(await rig.collect(), "inferwatch_gpu_devices") == [4.0]
 
 
 def _scenario_with(gpus: list[FakeGpu]) -> Scenario:

@@ -77,3 +77,80 @@ def test_event_wait_blocks_until_timeout_then_delivers_xids(
     )
     pynvml.nvmlEventSetFree(events)
     pynvml.nvmlShutdown()
+
+
+def test_handles_die_with_nvml_shutdown(
+    install_fake: Callable[[list[FakeGpu]], FakeNvmlLib],
+) -> None:
+    install_fake([FakeGpu(uuid="GPU-a")])
+    pynvml.nvmlInit()
+    old = pynvml.nvmlDeviceGetHandleByIndex(0)
+    pynvml.nvmlShutdown()
+    with pytest.raises(pynvml.NVMLError_Uninitialized):
+        pynvml.nvmlDeviceGetUUID(old)
+    pynvml.nvmlInit()
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # a handle of the last init
+        pynvml.nvmlDeviceGetUUID(old)
+    assert pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(0)) == "GPU-a"
+    pynvml.nvmlShutdown()
+
+
+def test_event_wait_fails_with_gpu_is_lost_and_events_are_not_buffered(
+    install_fake: Callable[[list[FakeGpu]], FakeNvmlLib],
+) -> None:
+    lib = install_fake([FakeGpu(uuid="GPU-a")])
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    lib.inject_xid(0, 13)  # nobody registered: never reported
+    event_set = pynvml.nvmlEventSetCreate()
+    pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, event_set)
+    with pytest.raises(pynvml.NVMLError_Timeout):
+        pynvml.nvmlEventSetWait(event_set, 10)
+    lib.inject_xid(0, 79)  # reported, then the GPU is gone
+    assert pynvml.nvmlEventSetWait(event_set, 10).eventData == 79
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        pynvml.nvmlEventSetWait(event_set, 10)
+    pynvml.nvmlEventSetFree(event_set)
+    pynvml.nvmlShutdown()
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        pynvml.NVML_ERROR_NO_PERMISSION,
+        pynvml.NVML_ERROR_UNKNOWN,
+        pynvml.NVML_ERROR_TIMEOUT,
+        pynvml.NVML_ERROR_NOT_SUPPORTED,
+    ],
+)
+def test_faults_are_injected_per_call_and_per_gpu(
+    install_fake: Callable[[list[FakeGpu]], FakeNvmlLib], code: int
+) -> None:
+    lib = install_fake(
+        [FakeGpu(uuid="GPU-a"), FakeGpu(uuid="GPU-b", errors={"nvmlDeviceGetPowerUsage": code})]
+    )
+    pynvml.nvmlInit()
+    a, b = (pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(2))
+    assert pynvml.nvmlDeviceGetPowerUsage(a) == 70_000
+    with pytest.raises(pynvml.NVMLError) as raised:
+        pynvml.nvmlDeviceGetPowerUsage(b)
+    assert raised.value.value == code
+    assert pynvml.nvmlDeviceGetEnforcedPowerLimit(b) == 700_000  # only that call
+    lib.errors["nvmlDeviceGetEnforcedPowerLimit"] = code  # every GPU
+    with pytest.raises(pynvml.NVMLError):
+        pynvml.nvmlDeviceGetEnforcedPowerLimit(a)
+    pynvml.nvmlShutdown()
+
+
+def test_used_memory_can_be_not_available(
+    install_fake: Callable[[list[FakeGpu]], FakeNvmlLib],
+) -> None:
+    install_fake([FakeGpu(uuid="GPU-a", processes=[FakeProcess(7, None)])])
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    (proc,) = pynvml.nvmlDeviceGetComputeRunningProcesses_v3(handle)
+    assert (proc.pid, proc.usedGpuMemory) == (
+        7,
+        None,
+    )  # pynvml's reading of NVML_VALUE_NOT_AVAILABLE
+    pynvml.nvmlShutdown()

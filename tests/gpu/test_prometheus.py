@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from demo import services
-from demo.services import LOOPBACK, free_port, prometheus
+from harness import services
+from harness.prometheus import Labels, Prometheus
+from harness.services import LOOPBACK, free_port, prometheus
+from harness.wait import TRANSIENT, eventually
 
 pytestmark = [
     pytest.mark.integration,
@@ -21,23 +21,16 @@ pytestmark = [
 ]
 
 
-def query(port: int, promql: str) -> list[dict[str, Any]]:
-    url = f"http://{LOOPBACK}:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        body = json.load(resp)
-    assert body["status"] == "success"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
-
-
-def wait_for(port: int, promql: str, want: int, timeout: float = 45.0) -> list[dict[str, Any]]:
+def wait_for(prom: Prometheus, promql: str, want: int) -> list[tuple[Labels, float]]:
     """Query until `want` series come back (Prometheus scrapes ~5 s after start, then every 1 s)."""
-    deadline = time.monotonic() + timeout
-    result = query(port, promql)
-    while len(result) != want and time.monotonic() < deadline:
-        time.sleep(0.5)
-        result = query(port, promql)
-    return result
+
+    def series() -> list[tuple[Labels, float]] | None:
+        result = prom.query(promql)
+        return result if len(result) == want else None
+
+    return eventually(
+        series, within=45.0, what=f"{want} series for {promql}", interval=0.5, ignore=TRANSIENT
+    )
 
 
 def post_json(url: str, body: dict[str, Any]) -> None:
@@ -63,19 +56,24 @@ def test_prometheus_scrapes_simulated_gpu_series(tmp_path: Path) -> None:
         "        labels: {node: sim}\n"
     )
     with exporter, prometheus(config, tmp_path, prom_port):
-        up = wait_for(prom_port, 'inferwatch_gpu_up{job="inferwatch"} == 1', 4)
+        prom = Prometheus(f"http://{LOOPBACK}:{prom_port}", timeout=5)
+        up = wait_for(prom, 'inferwatch_gpu_up{job="inferwatch"} == 1', 4)
         assert len(up) == 4, (up, exporter.tail())
-        assert {s["metric"]["node"] for s in up} == {"sim"}
+        assert {labels["node"] for labels, _ in up} == {"sim"}
 
-        pods = query(prom_port, "sum by (pod) (inferwatch_gpu_process_memory_bytes)")
-        assert {s["metric"].get("pod", "") for s in pods} == {"vllm-llama-0", "sglang-qwen-0", ""}
-        info = query(prom_port, "inferwatch_gpu_info")
-        assert {s["metric"]["name"] for s in info} == {"NVIDIA H100 80GB HBM3"}
+        pods = prom.query("sum by (pod) (inferwatch_gpu_process_memory_bytes)")
+        assert {labels.get("pod", "") for labels, _ in pods} == {
+            "vllm-llama-0",
+            "sglang-qwen-0",
+            "",
+        }
+        info = prom.query("inferwatch_gpu_info")
+        assert {labels["name"] for labels, _ in info} == {"NVIDIA H100 80GB HBM3"}
 
         post_json(
             f"http://{LOOPBACK}:{exporter_port}/-/simulate", {"action": "xid", "gpu": 1, "xid": 79}
         )
-        lost = wait_for(prom_port, "inferwatch_gpu_up == 0", 1)
-        assert [s["metric"]["gpu"] for s in lost] == ["1"]
-        xid = wait_for(prom_port, 'inferwatch_gpu_xid_errors_total{xid="79"}', 1)
-        assert xid[0]["value"][1] == "1"
+        lost = wait_for(prom, "inferwatch_gpu_up == 0", 1)
+        assert [labels["gpu"] for labels, _ in lost] == ["1"]
+        xid = wait_for(prom, 'inferwatch_gpu_xid_errors_total{xid="79"}', 1)
+        assert xid[0][1] == 1

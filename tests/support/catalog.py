@@ -15,51 +15,49 @@ from typing import Any
 
 import yaml
 
+from exporter.catalog import MetricSpec
+from exporter.collectors import COLLECTORS
+from exporter.snapshot import EXPORTER_METRICS, PROCESS_METRICS
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "rules"
 
-# The published names: design.md's metric catalog (the contract) plus what the collectors added
-# (checked against the real exporter in simulate mode by tests/dashboards/test_catalog.py).
-_GAUGES_AND_COUNTERS = """
-inferwatch_gpu_info inferwatch_gpu_up inferwatch_gpu_count inferwatch_gpu_utilization_ratio
-inferwatch_gpu_memory_copy_utilization_ratio inferwatch_gpu_memory_total_bytes
-inferwatch_gpu_memory_used_bytes inferwatch_gpu_memory_free_bytes
-inferwatch_gpu_memory_reserved_bytes inferwatch_gpu_temperature_celsius inferwatch_gpu_power_watts
-inferwatch_gpu_power_limit_watts inferwatch_gpu_energy_joules_total inferwatch_gpu_clock_hertz
-inferwatch_gpu_throttle_active inferwatch_gpu_ecc_errors_total inferwatch_gpu_xid_errors_total
-inferwatch_gpu_process_memory_bytes
-inferwatch_cuda_allocator_reserved_bytes inferwatch_cuda_allocator_allocated_bytes
-inferwatch_cuda_allocator_active_bytes inferwatch_cuda_allocator_inactive_split_bytes
-inferwatch_cuda_allocator_free_bytes inferwatch_cuda_allocator_largest_free_block_bytes
-inferwatch_cuda_allocator_alloc_retries_total inferwatch_cuda_allocator_ooms_total
-inferwatch_cuda_allocator_device_allocs_total inferwatch_cuda_allocator_device_frees_total
-inferwatch_cuda_allocator_info inferwatch_cuda_allocator_probe_age_seconds
-inferwatch_cuda_allocator_outside_bytes inferwatch_cuda_allocator_process_start_time_seconds
-inferwatch_llm_engine_info inferwatch_llm_up inferwatch_llm_healthy
-inferwatch_llm_requests_running inferwatch_llm_requests_waiting
-inferwatch_llm_kv_cache_usage_ratio inferwatch_llm_prompt_tokens_total
-inferwatch_llm_generation_tokens_total inferwatch_llm_prefix_cache_queries_tokens_total
-inferwatch_llm_prefix_cache_hits_tokens_total inferwatch_llm_requests_total
-inferwatch_llm_preemptions_total inferwatch_llm_mapping_missing
-inferwatch_llm_probe_success inferwatch_llm_probe_ttft_seconds inferwatch_llm_probe_duration_seconds
-inferwatch_exporter_build_info inferwatch_exporter_collector_duration_seconds
-inferwatch_exporter_collector_success inferwatch_exporter_collector_last_success_timestamp_seconds
-inferwatch_exporter_collector_errors_total
+# The published names. The exporter's come from its declarations (each collector's `metrics`,
+# the exporter's own EXPORTER_METRICS and client_python's process metrics), so this catalog
+# cannot drift from what is published (tests/core/test_registration.py checks the declarations
+# against the real output). The remediator's are design.md's contract.
+_REMEDIATOR = """
 inferwatch_remediation_actions_total inferwatch_remediation_guard_blocks_total
 inferwatch_remediation_webhook_requests_total inferwatch_remediation_circuit_open
-inferwatch_remediation_queue_depth
+inferwatch_remediation_queue_depth inferwatch_remediation_kill_switch
+inferwatch_remediation_errors_total
 """
-_HISTOGRAMS = """
-inferwatch_llm_request_prompt_tokens inferwatch_llm_request_generation_tokens
-inferwatch_llm_time_to_first_token_seconds inferwatch_llm_inter_token_latency_seconds
-inferwatch_llm_request_duration_seconds inferwatch_llm_request_queue_time_seconds
-inferwatch_remediation_action_duration_seconds
+_REMEDIATOR_HISTOGRAMS = """
+inferwatch_remediation_action_duration_seconds inferwatch_remediation_time_to_act_seconds
+inferwatch_remediation_time_to_effect_seconds
 """
 # Series Prometheus itself creates: scrape health and the alert state of the loaded rules.
 PROMETHEUS_BUILTIN = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds"})
 
-PUBLISHED: frozenset[str] = frozenset(_GAUGES_AND_COUNTERS.split()) | frozenset(
-    f"{name}{suffix}" for name in _HISTOGRAMS.split() for suffix in ("_bucket", "_sum", "_count")
+
+def exporter_specs() -> tuple[MetricSpec, ...]:
+    """Every metric family the exporter declares: collectors in registration order, then its own."""
+    collected = tuple(spec for cls in COLLECTORS.values() for spec in cls.metrics)
+    return (*collected, *EXPORTER_METRICS, *PROCESS_METRICS)
+
+
+ALWAYS_PUBLISHED: frozenset[str] = frozenset(
+    name for spec in exporter_specs() if not spec.when for name in spec.series_names
+)
+"""The exporter's series that every healthy simulated run shows (no MIG-only, error-only...)."""
+PUBLISHED: frozenset[str] = (
+    frozenset(name for spec in exporter_specs() for name in spec.series_names)
+    | frozenset(_REMEDIATOR.split())
+    | frozenset(
+        f"{name}{suffix}"
+        for name in _REMEDIATOR_HISTOGRAMS.split()
+        for suffix in ("_bucket", "_sum", "_count")
+    )
 )
 
 
