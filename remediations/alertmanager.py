@@ -6,12 +6,19 @@ unknown fields are ignored; the fields we act on are typed and required.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_LABEL_VALUE = 1024
+
+
+def episode_time(when: datetime) -> str:
+    """One text per instant: UTC, microseconds, `Z` (a naive time is taken as UTC), so the
+    same start written with another UTC offset is the same episode."""
+    aware = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return aware.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _Lenient(BaseModel):
@@ -41,8 +48,8 @@ class Alert(_Lenient):
 
     @property
     def dedupe_key(self) -> str:
-        """One alert episode: the same series (fingerprint) since the same start."""
-        return f"{self.fingerprint}@{self.startsAt.isoformat()}"
+        """One alert episode: the same series (fingerprint) since the same start (in UTC)."""
+        return f"{self.fingerprint}@{episode_time(self.startsAt)}"
 
 
 class WebhookPayload(_Lenient):

@@ -1,10 +1,18 @@
-"""The remediator's aiohttp app factory. Tests, the bench and the CLI build it the same way."""
+"""The remediator's aiohttp app factory, and `serve`, which runs it behind a connection guard.
+
+Tests, the bench and the CLI build the app the same way; the CLI serves it with `serve`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import resource
+import signal
+import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,10 +22,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from exporter.settings import ConfigError
 from remediations.alertmanager import WebhookPayload
 from remediations.backends import Backend
 from remediations.config import RemediatorConfig
 from remediations.engine import Remediator
+from remediations.leader import HighAvailability, LeaderElector
 from remediations.metrics import Metrics
 from remediations.playbook import PlaybookFile, load_playbooks
 from remediations.prom import Prometheus
@@ -29,6 +39,16 @@ config_key = web.AppKey("config", RemediatorConfig)
 metrics_key = web.AppKey("metrics", Metrics)
 remediator_key = web.AppKey("remediator", Remediator)
 token_key = web.AppKey("token", bytes)
+# Connections that have not sent a complete request head yet (see ConnectionGuard).
+awaiting_head_key: web.AppKey[set[Any]] = web.AppKey("awaiting_head")
+throttle_key: web.AppKey[LogThrottle] = web.AppKey("throttle")
+
+# File descriptors kept free for everything that is not a client connection: the state file,
+# the local backend's replica logs, the Prometheus and Kubernetes clients.
+RESERVED_FDS = 64
+# The listen backlog, which is also how many connections asyncio accepts in one go: a closed
+# connection frees its descriptor only on the next loop turn, so a burst needs this many spare.
+BACKLOG = 64
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,6 +62,26 @@ def make_backend(cfg: RemediatorConfig) -> Backend:
     from remediations.backends.kubernetes import KubernetesBackend
 
     return KubernetesBackend(cfg.kubernetes, cfg.namespaces)
+
+
+def start_leader_election(
+    cfg: RemediatorConfig, backend: Backend, metrics: Metrics
+) -> HighAvailability | None:
+    """With `leader_election.enabled`, start campaigning for the Lease (kubernetes backend)."""
+    if not cfg.leader_election.enabled:
+        return None
+    from remediations.backends.kubernetes import KubernetesBackend
+
+    if not isinstance(backend, KubernetesBackend):
+        raise ConfigError("leader_election needs the kubernetes backend")
+
+    def changed(leading: bool) -> None:
+        metrics.leader.set(int(leading))
+        metrics.leader_transitions.inc()
+
+    elector = LeaderElector(cfg.leader_election, backend.api_client, on_change=changed)
+    elector.start()
+    return HighAvailability(elector, backend)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -83,20 +123,91 @@ async def post_alerts(request: web.Request) -> web.Response:
     return resp
 
 
+class LogThrottle:
+    """At most one log line per kind every `every` seconds, saying how many it stands for: a
+    flood of hostile connections must not become a flood of log lines."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._folded: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.every) < self.every:
+            self._folded[kind] = self._folded.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        folded = self._folded.pop(kind, 0)
+        if folded:
+            message += f" (and {folded} more like it in the last {self.every:g}s)"
+        log.warning(message, *args)
+
+
+class BodyError(Exception):
+    """The body could not be read; `response` says why to the client (if it is still there)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.text)
+        self.response = response
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within `max_body_bytes` and `client_timeout_seconds`.
+
+    A client that trickles its body (or stops sending it) is cut off with 408, one that goes away
+    mid-body is noted: each costs one counter increment and at most one log line per 10 s.
+    """
+    cfg = request.app[config_key]
+    limit = cfg.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyError(_error(413, f"body larger than {limit} bytes"))
+    closed = request.app[metrics_key].connections_closed
+    throttle = request.app[throttle_key]
+    try:
+        async with asyncio.timeout(cfg.client_timeout_seconds):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyError(_error(413, f"body larger than {limit} bytes")) from None
+    except TimeoutError:
+        closed.labels("body_timeout").inc()
+        throttle.warning(
+            "body_timeout",
+            "closed a connection from %s: its body did not arrive within %gs",
+            request.remote,
+            cfg.client_timeout_seconds,
+        )
+        resp = _error(408, f"the body did not arrive within {cfg.client_timeout_seconds:g}s")
+        resp.force_close()
+        raise BodyError(resp) from None
+    except ConnectionError:
+        closed.labels("client_disconnect").inc()
+        throttle.warning(
+            "client_disconnect", "a client (%s) went away while sending its body", request.remote
+        )
+        # nginx's "client closed request": nobody reads it, the counter by code shows it.
+        raise BodyError(_error(499, "client closed the connection mid-body")) from None
+
+
+def parse_json(body: bytes) -> Any:
+    """JSON, or ValueError with a clear message (deep nesting included: never a 500)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("body is not JSON we accept: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
+
+
 async def _accept(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
-    limit = request.app[config_key].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _error(413, f"body larger than {limit} bytes")
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"body larger than {limit} bytes")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _error(400, f"body is not JSON: {exc}")
+        data = parse_json(await read_body(request))
+    except BodyError as exc:
+        return exc.response
+    except ValueError as exc:
+        return _error(400, str(exc))
     try:
         payload = WebhookPayload.model_validate(data)
     except ValidationError as exc:
@@ -141,7 +252,11 @@ async def actions(request: web.Request) -> web.Response:
 
     `result` is always one of succeeded, failed, dry_run, blocked: actions still running are
     listed apart under `in_progress` (without a result) and join `actions` once they finish.
+    The audit log names targets and alerts, so it needs the token like every other endpoint
+    except /healthz and /metrics.
     """
+    if not _authorized(request):
+        return _unauthorized()
     try:
         limit = min(max(int(request.query.get("limit", "100")), 1), 10000)
     except ValueError:
@@ -173,10 +288,13 @@ async def killswitch(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
     remediator = request.app[remediator_key]
-    body = await request.read()
+    try:
+        body = await read_body(request)
+    except BodyError as exc:
+        return exc.response
     if body.strip():
         try:
-            data: Any = json.loads(body)
+            data: Any = parse_json(body)
         except ValueError:
             return _error(400, 'body must be JSON: {"enabled": true|false}')
         if not isinstance(data, dict) or not isinstance(data.get("enabled"), bool):
@@ -192,16 +310,24 @@ def create_app(
     playbooks: PlaybookFile | None = None,
     backend: Backend | None = None,
 ) -> web.Application:
-    """`backend` may be passed in (the demo and tests build their own); otherwise from cfg."""
+    """`backend` may be passed in (the demo and tests build their own); otherwise from cfg.
+
+    The state file is opened (and checked, and migrated) here, before anything starts: a damaged,
+    read-only or locked one raises StateError, and no replica is started for nothing.
+    """
     playbook_file = playbooks if playbooks is not None else load_playbooks(cfg.playbooks)
     the_backend = backend if backend is not None else make_backend(cfg)
-    app = web.Application(client_max_size=cfg.max_body_bytes)
+    if cfg.leader_election.enabled and the_backend.name != "kubernetes":
+        raise ConfigError("leader_election needs the kubernetes backend")
+    state = State(cfg.state, audit_max_entries=cfg.audit_max_entries)
+    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[_note_request])
     app[config_key] = cfg
     app[metrics_key] = Metrics()
     app[token_key] = token.encode()
+    app[awaiting_head_key] = set()
+    app[throttle_key] = LogThrottle()
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
-        state = State(cfg.state, audit_max_entries=cfg.audit_max_entries)
         async with aiohttp.ClientSession() as session:
             prometheus = (
                 Prometheus(session, cfg.prometheus.url, cfg.prometheus.timeout_seconds)
@@ -209,8 +335,9 @@ def create_app(
                 else None
             )
             await the_backend.start()
+            ha = start_leader_election(cfg, the_backend, app[metrics_key])
             remediator = Remediator(
-                cfg, playbook_file, state, the_backend, prometheus, app[metrics_key]
+                cfg, playbook_file, state, the_backend, prometheus, app[metrics_key], ha=ha
             )
             app[remediator_key] = remediator
             remediator.start()
@@ -225,6 +352,8 @@ def create_app(
             finally:
                 # Graceful drain: stop taking alerts, let queued ones finish, then stop.
                 await remediator.stop(cfg.shutdown_timeout_seconds)
+                if ha is not None:  # after the queue drained: hand the Lease over
+                    await ha.elector.stop()
                 await the_backend.close()
                 state.close()
 
@@ -236,3 +365,145 @@ def create_app(
     app.router.add_post("/circuit/reset", circuit_reset)
     app.router.add_post("/killswitch", killswitch)
     return app
+
+
+@web.middleware
+async def _note_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The connection sent a complete request head: no longer subject to its deadline."""
+    request.app[awaiting_head_key].discard(request.protocol)
+    return await handler(request)
+
+
+class ConnectionGuard:
+    """The protocol factory the listener uses: it bounds what slow or idle clients can hold.
+
+    aiohttp reads request heads without a deadline of its own, and every open connection holds a
+    file descriptor: 300 clients sending one header byte a minute used to exhaust them, so that
+    /healthz and POST /alerts went unanswered and asyncio logged every failed accept. Here a
+    connection that has not sent a complete request head within `client_timeout_seconds` is
+    closed, and at `limit` open connections the oldest one is closed to admit the new one (a
+    slow attacker's connection is the oldest; Alertmanager's requests take milliseconds).
+    Idle keep-alive connections are closed by aiohttp's keepalive_timeout.
+    """
+
+    def __init__(self, app: web.Application, server: web.Server, limit: int) -> None:
+        self.server = server
+        self.limit = limit
+        self.timeout = app[config_key].client_timeout_seconds
+        self.awaiting_head = app[awaiting_head_key]
+        self.closed = app[metrics_key].connections_closed
+        self.throttle = app[throttle_key]
+
+    def __call__(self) -> Any:
+        connections = self.server.connections  # oldest first; closed ones leave next tick
+        open_now = [c for c in connections if c.transport is not None]
+        if len(open_now) >= self.limit:
+            oldest = open_now[0]
+            self.closed.labels("connection_limit").inc()
+            self.throttle.warning(
+                "connection_limit",
+                "%d connections open (limit %d): closed the oldest one, from %s",
+                len(open_now),
+                self.limit,
+                oldest.peername,
+            )
+            oldest.force_close()
+        handler = self.server()
+        self.awaiting_head.add(handler)
+        asyncio.get_running_loop().call_later(self.timeout, self._expire, handler)
+        return handler
+
+    def _expire(self, handler: Any) -> None:
+        if handler not in self.awaiting_head:
+            return
+        self.awaiting_head.discard(handler)
+        if handler.transport is None:
+            return
+        self.closed.labels("header_timeout").inc()
+        self.throttle.warning(
+            "header_timeout",
+            "closed a connection from %s: no complete request head within %gs",
+            handler.peername,
+            self.timeout,
+        )
+        handler.force_close()
+
+
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose sites listen through a ConnectionGuard."""
+
+    def __init__(self, app: web.Application, limit: int, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limit = limit
+        self._guard: ConnectionGuard | None = None
+
+    @property
+    def server(self) -> Any:
+        inner = super().server
+        if inner is None:
+            return None
+        if self._guard is None or self._guard.server is not inner:
+            self._guard = ConnectionGuard(self.app, inner, self._limit)
+        return self._guard
+
+
+def connection_limit(cfg: RemediatorConfig) -> int:
+    """`max_connections`, lowered to what the file descriptor limit allows.
+
+    The soft limit is raised towards the hard one first (as Go programs do), then RESERVED_FDS
+    are kept for everything else and BACKLOG for a burst of accepts.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spare = RESERVED_FDS + BACKLOG
+    wanted = cfg.max_connections + spare
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return cfg.max_connections
+    limit = max(soft - spare, 1)
+    log.warning(
+        "only %d file descriptors (ulimit -n): serving at most %d connections, not %d",
+        soft,
+        limit,
+        cfg.max_connections,
+    )
+    return limit
+
+
+async def serve(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (the queue drains first)."""
+    cfg = app[config_key]
+    runner = GuardedRunner(
+        app,
+        connection_limit(cfg),
+        access_log=None,
+        keepalive_timeout=cfg.keepalive_timeout_seconds,
+        handle_signals=False,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    throttle = app[throttle_key]
+
+    def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # asyncio logs every failed accept (with a traceback) when descriptors run out.
+        if context.get("message") == "socket.accept() out of system resource":
+            throttle.warning("accept", "cannot accept connections: %s", context.get("exception"))
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(on_loop_error)
+    try:
+        site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ssl_context, backlog=BACKLOG)
+        await site.start()
+        await stop.wait()
+        log.info("stopping: draining the queue (up to %gs)", cfg.shutdown_timeout_seconds)
+    finally:
+        await runner.cleanup()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import ssl
 import sys
@@ -51,12 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from aiohttp import web
-
     from exporter.logs import setup_logging
-    from remediations.app import create_app
+    from remediations.app import create_app, serve
     from remediations.config import load_config
     from remediations.playbook import load_playbooks
+    from remediations.state import StateError
 
     args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     flags = {
@@ -79,16 +79,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ssl_context.load_cert_chain(cfg.tls.cert_file, cfg.tls.key_file)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"tls: cannot load {cfg.tls.cert_file}: {exc}") from None
-        app = create_app(cfg, token=token, playbooks=playbooks)
     except ConfigError as exc:
         print(f"inferwatch-remediator: invalid config:\n{exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, cfg.log_format)
+    try:
+        # Opens and checks the state file before any replica starts.
+        app = create_app(cfg, token=token, playbooks=playbooks)
+    except StateError as exc:
+        print(f"inferwatch-remediator: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"inferwatch-remediator: invalid config:\n{exc}", file=sys.stderr)
+        return 2
     log.info("inferwatch-remediator %s listening on %s", __version__, cfg.listen)
-    # run_app turns SIGTERM/SIGINT into a graceful shutdown that drains the queue.
-    web.run_app(
-        app, host=cfg.host, port=cfg.port, ssl_context=ssl_context, print=None, access_log=None
-    )
+    try:
+        # SIGTERM/SIGINT: a graceful shutdown that drains the queue.
+        asyncio.run(serve(app, ssl_context))
+    except OSError as exc:
+        print(f"inferwatch-remediator: cannot listen on {cfg.listen}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

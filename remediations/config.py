@@ -15,6 +15,11 @@ from remediations.backends.local_settings import LocalSettings
 ENV_PREFIX = "INFERWATCH_REMEDIATOR_"
 DEFAULT_LISTEN = "0.0.0.0:9836"
 DEFAULT_PLAYBOOKS = Path(__file__).parent / "playbooks" / "default.yaml"
+# Alertmanager sets no maximum on a webhook notification: `max_alerts: 0` (its default) sends
+# every alert of the group, label values have no length limit, and a 413 is never retried. So
+# the default takes 10,000 alerts (the default queue) of 1.6 KiB each — an alert from our rules,
+# with its annotations, is 0.6-1 KiB of JSON. Set `max_alerts` on the route to bound it for sure.
+MAX_BODY_BYTES = 16 << 20
 
 
 class RateLimit(FrozenModel):
@@ -35,6 +40,13 @@ class GuardSettings(FrozenModel):
         3, ge=1, description="Failures per target within attempts_window before escalating."
     )
     attempts_window_seconds: float = Field(3600.0, gt=0)
+    escalate_after: int = Field(
+        3,
+        ge=1,
+        description="Remediations of one target within escalate_window after which it is left "
+        "to a human (InferwatchRemediationIneffective).",
+    )
+    escalate_window_seconds: float = Field(24 * 3600.0, gt=0)
     circuit_failure_threshold: int = Field(
         3, ge=1, description="Consecutive failed actions that open the circuit breaker."
     )
@@ -96,6 +108,38 @@ class KubernetesSettings(FrozenModel):
     events: bool = Field(True, description="Record a Kubernetes Event for every action.")
 
 
+class LeaderElectionSettings(FrozenModel):
+    """Several replicas, one acting: leader election on a coordination.k8s.io/v1 Lease, with
+    client-go's defaults (tools/leaderelection)."""
+
+    enabled: bool = Field(False, description="Elect one leader; only the leader acts.")
+    lease_name: str = Field("inferwatch-remediator", description="The Lease object's name.")
+    lease_namespace: str = Field(
+        "default", description="Namespace of the Lease (the remediator's own)."
+    )
+    identity: str | None = Field(
+        None, description="This replica's holderIdentity (default: POD_NAME or hostname, + id)."
+    )
+    lease_duration_seconds: float = Field(
+        15.0, gt=0, description="How long followers wait after the last renewal to take over."
+    )
+    renew_deadline_seconds: float = Field(
+        10.0, gt=0, description="A leader that cannot renew within this stops acting."
+    )
+    retry_period_seconds: float = Field(2.0, gt=0, description="Between tries to acquire/renew.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElectionSettings:
+        # client-go's NewLeaderElector refuses the same: a leader must stop before it can expire.
+        if self.lease_duration_seconds <= self.renew_deadline_seconds:
+            raise ValueError("lease_duration_seconds must be greater than renew_deadline_seconds")
+        if self.renew_deadline_seconds <= 1.2 * self.retry_period_seconds:
+            raise ValueError(
+                "renew_deadline_seconds must be greater than 1.2 x retry_period_seconds"
+            )
+        return self
+
+
 class RemediatorConfig(ServiceConfig):
     listen: HostPort = Field(DEFAULT_LISTEN, description="HOST:PORT for the webhook.")
     token: str | None = Field(None, description="Bearer token Alertmanager sends.")
@@ -107,8 +151,29 @@ class RemediatorConfig(ServiceConfig):
     kill_switch: bool = Field(False, description="Start with every action blocked.")
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
-    max_body_bytes: int = Field(1 << 20, ge=1024)
-    queue_size: int = Field(10000, ge=1)
+    max_body_bytes: int = Field(
+        MAX_BODY_BYTES,
+        ge=1024,
+        description="Largest webhook body; larger ones get 413, which Alertmanager never retries.",
+    )
+    queue_size: int = Field(
+        10000,
+        ge=1,
+        description="Alerts waiting for a worker; a notification larger than the whole queue "
+        "is still taken when the queue is empty.",
+    )
+    client_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request head, and then its body, must arrive within this."
+    )
+    keepalive_timeout_seconds: float = Field(
+        75.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open client connections; at the limit the oldest is closed "
+        "(lowered to fit the file descriptor limit).",
+    )
     workers: int = Field(8, ge=1)
     shutdown_timeout_seconds: float = Field(30.0, ge=0)
     audit_max_entries: int = Field(10000, ge=100)
@@ -123,6 +188,7 @@ class RemediatorConfig(ServiceConfig):
     guards: GuardSettings = GuardSettings()
     backend: Literal["kubernetes", "local"] = "kubernetes"
     kubernetes: KubernetesSettings = KubernetesSettings()
+    leader_election: LeaderElectionSettings = LeaderElectionSettings()
     local: LocalSettings | None = None
 
     @field_validator("token", mode="before")
@@ -144,6 +210,8 @@ class RemediatorConfig(ServiceConfig):
     def _consistent(self) -> RemediatorConfig:
         if self.backend == "local" and self.local is None:
             raise ValueError("backend 'local' needs a `local:` section")
+        if self.backend == "local" and self.leader_election.enabled:
+            raise ValueError("leader_election needs the kubernetes backend (local: one process)")
         if self.guards.recheck and self.prometheus.url is None:
             raise ValueError(
                 "prometheus.url is required while guards.recheck is on "

@@ -13,34 +13,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
-from remediations.actions import ACTION_KINDS, ActionContext, Outcome
-from remediations.actions import drain as drain_action
-from remediations.actions import drain_node as drain_node_action
-from remediations.actions import restart as restart_action
-from remediations.actions import scale as scale_action
-from remediations.actions import swap_model as swap_model_action
+from remediations.actions import ActionContext, Outcome
+from remediations.actions.registry import ACTION_KINDS, ACTIONS
 from remediations.alertmanager import Alert
 from remediations.backends import Backend, BackendError, TargetKind
 from remediations.config import RemediatorConfig
 from remediations.guards import Blocked, Guard
+from remediations.leader import HighAvailability, NotLeader
 from remediations.metrics import Metrics
 from remediations.playbook import Playbook, PlaybookFile
 from remediations.prom import Prometheus
-from remediations.state import INTERRUPTED, State, Swap
+from remediations.state import INTERRUPTED, State, StateError
 from remediations.targets import TargetError, TargetRef, target_from_labels
 
 log = logging.getLogger("remediations")
 
-RUNNERS: dict[str, Callable[[ActionContext, TargetRef, Any], Awaitable[Outcome]]] = {
-    "scale": scale_action.run,
-    "drain": drain_action.run,
-    "restart": restart_action.run,
-    "drain_node": drain_node_action.run,
-    "swap_model": swap_model_action.run,
-}
 CIRCUIT_OPEN = "circuit_open"
 CONSECUTIVE_FAILURES = "consecutive_failures"
 KILL_SWITCH = "kill_switch"
@@ -55,14 +43,19 @@ class Remediator:
         backend: Backend,
         prometheus: Prometheus | None,
         metrics: Metrics,
+        *,
+        ha: HighAvailability | None = None,
     ) -> None:
         self.cfg = cfg
+        # Leader election: every replica queues; only the leader's workers take from the queue.
+        self.ha = ha
         self.playbooks = playbooks
         self.state = state
         self.backend = backend
         self.prometheus = prometheus
         self.metrics = metrics
-        self.queue: asyncio.Queue[Alert] = asyncio.Queue(cfg.queue_size)
+        # Bounded in submit(), so that one notification larger than the queue still fits.
+        self.queue: asyncio.Queue[Alert] = asyncio.Queue()
         self.accepting = True
         self._locks: dict[str, asyncio.Lock] = {}
         self._workers: list[asyncio.Task[None]] = []
@@ -72,12 +65,16 @@ class Remediator:
         metrics.queue_depth.set_function(self.queue.qsize)
         metrics.circuit_open.set(state.flag(CIRCUIT_OPEN))
         metrics.kill_switch.set(state.flag(KILL_SWITCH))
+        metrics.leader.set(1 if ha is None else 0)
 
     # -- intake (called from the webhook handler; must never await) -------------------------
 
     def submit(self, alerts: list[Alert]) -> bool:
-        """Queue all alerts, or none when there is no room (the caller answers 503)."""
-        if not self.accepting or self.queue.maxsize - self.queue.qsize() < len(alerts):
+        """Queue all alerts, or none when there is no room (the caller answers 503). An empty
+        queue takes any notification: one larger than queue_size would otherwise get 503, and
+        Alertmanager retry it, forever (its size is bounded by max_body_bytes)."""
+        waiting = self.queue.qsize()
+        if not self.accepting or (waiting and waiting + len(alerts) > self.cfg.queue_size):
             return False
         for alert in alerts:
             self.queue.put_nowait(alert)
@@ -86,11 +83,8 @@ class Remediator:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        for swap in self.state.end_interrupted_swaps():
-            log.warning(
-                "the swap of %s was interrupted by a restart; it is undone once its alert resolved",
-                swap.target,
-            )
+        for spec in ACTIONS.values():
+            spec.lifecycle.at_start(self.state)
         for entry in self.state.close_interrupted():
             log.warning(
                 "action %s on %s (alert %s) was interrupted by a restart; recorded as failed, "
@@ -105,6 +99,9 @@ class Remediator:
     async def stop(self, limit_s: float) -> None:
         """Stop taking alerts, let the queue drain for up to `limit_s`, then cancel the rest."""
         self.accepting = False
+        if self.ha is not None and not self.ha.elector.leading:
+            limit_s = 0  # its workers wait for leadership; with Alertmanager routing to every
+            # replica, the leader has the same alerts (docs/remediator.md, "High availability")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.queue.join(), limit_s)
         for task in self._workers:
@@ -113,9 +110,18 @@ class Remediator:
 
     async def _worker(self) -> None:
         while True:
+            if self.ha is not None:
+                await self.ha.elector.wait_leading()
             alert = await self.queue.get()
             try:
                 await self.handle(alert)
+            except NotLeader as exc:  # nothing was claimed: keep it for when this replica leads
+                log.info("alert %s kept on the queue: %s", alert.alertname, exc)
+                self.queue.put_nowait(alert)
+            except StateError as exc:  # nothing was claimed: try the alert again, never drop it
+                self.metrics.state_errors.inc()
+                self.state.report_unavailable(exc)
+                asyncio.get_running_loop().call_later(1.0, self.queue.put_nowait, alert)
             except Exception:
                 log.exception("unexpected error handling alert %s", alert.alertname)
             finally:
@@ -158,6 +164,7 @@ class Remediator:
                 playbook.target.label_map(),
                 namespaces=self.cfg.namespaces,
                 default_namespace=playbook.target.default_namespace,
+                kind=kind,
             )
         except TargetError as exc:
             self._block(alert, playbook, "-", Blocked(Guard.TARGET, str(exc)))
@@ -184,30 +191,35 @@ class Remediator:
             self._finish(alert, playbook, shown, None, Outcome("failed", f"resolve: {exc}"), 0.0)
             return
         key = ref.key(kind)
-        if playbook.action == "swap_model":
-            self.state.swap_fired(key, alert.dedupe_key)  # stay on the lighter model
+        ACTIONS[playbook.action].lifecycle.fired(self.state, key, alert.dedupe_key)
         async with self._lock(ref, kind):
             await self._act(alert, playbook, ref, key)
 
     async def _resolved(
         self, alert: Alert, playbook: Playbook, raw: TargetRef, kind: TargetKind
     ) -> None:
+        self.state.resolve_episode(alert.dedupe_key, self.cfg.guards.idempotency_ttl_seconds)
         self._block(alert, playbook, raw.key(kind), Blocked(Guard.FIRING_ONLY, "alert resolved"))
-        if playbook.action != "swap_model":
+        lifecycle = ACTIONS[playbook.action].lifecycle
+        if not lifecycle.follows_resolution:
             return
-        with contextlib.suppress(Exception):
+        try:
             ref = await self.backend.resolve(raw, kind)
-            swap = self.state.swap_resolved(ref.key(kind), alert.dedupe_key)
-            if swap is not None:
-                log.info(
-                    "%s resolved; swapping %s back %gs after %s",
-                    alert.alertname,
-                    swap.target,
-                    swap.quiet_seconds,
-                    "the swap ends" if swap.in_flight else "now",
-                )
+        except Exception as exc:  # the undo then waits for its timer (cooldown, next resolve)
+            self._swallowed("resolve_resolved_target", f"{alert.alertname} resolved: {exc}")
+            return
+        lifecycle.resolved(self.state, ref.key(kind), alert.dedupe_key, alert.alertname)
+
+    def _swallowed(self, where: str, what: str) -> None:
+        """A failure that must not stop the pipeline: one log line and a counter, never silence."""
+        self.metrics.errors.labels(where).inc()
+        log.error("%s: %s", where, what)
 
     def _early_guards(self, alert: Alert) -> None:
+        if self.state.resolved_at(alert.dedupe_key) is not None:
+            raise Blocked(
+                Guard.FIRING_ONLY, f"{alert.dedupe_key} resolved already (a late notification)"
+            )
         if self.state.seen(alert.dedupe_key):
             raise Blocked(Guard.IDEMPOTENCY, f"already handled {alert.dedupe_key}")
         if self.kill_switch:
@@ -224,7 +236,56 @@ class Remediator:
         scope = "nodes" if kind == "node" else f"{ref.namespace}/{ref.deployment or ref.model}"
         return self._locks.setdefault(scope, asyncio.Lock())
 
+    def _target_guards(self, alert: Alert, key: str) -> None:
+        """The guards checked under the target's lock, before the action reads anything."""
+        guards = self.cfg.guards
+        self._early_guards(alert)  # again: another worker may have acted while we waited
+        if (left := self.state.cooldown_left(key)) > 0:
+            raise Blocked(Guard.COOLDOWN, f"{key} was acted on recently ({left:.0f}s left)")
+        failures = self.state.failures(key, guards.attempts_window_seconds)
+        if failures >= guards.max_attempts:
+            log.error("escalate: %s failed %d times; a human needs to look", key, failures)
+            raise Blocked(Guard.RETRY_CAP, f"{key} failed {failures} times; escalated to a human")
+        window = guards.escalate_window_seconds
+        done = self.state.remediations_since(key, time.time() - window)
+        if done >= guards.escalate_after:  # it keeps coming back: remediating does not help
+            log.error("escalate: %s was remediated %d times in %gs", key, done, window)
+            raise Blocked(
+                Guard.ESCALATED,
+                f"{key} was remediated {done} times in {window:g}s; left to a human",
+            )
+
+    async def _commit_guards(self, alert: Alert, playbook: Playbook) -> None:
+        """The guards checked at the commit point, once the action knows what it would do."""
+        guards = self.cfg.guards
+        if guards.recheck and self.prometheus is not None:
+            ok, why = await self.prometheus.confirms(
+                alert, playbook.recheck_query, playbook.target.label_map()
+            )
+            if not ok:
+                raise Blocked(Guard.RECHECK, why)
+        self._early_guards(alert)
+        now = time.time()
+        per_action = guards.action_rate_limit
+        if (
+            self.state.actions_since(now - per_action.window_seconds, playbook.action)
+            >= per_action.max_actions
+        ):
+            raise Blocked(
+                Guard.RATE_LIMIT_ACTION,
+                f"{per_action.max_actions} {playbook.action} actions "
+                f"in {per_action.window_seconds:g}s",
+            )
+        overall = guards.global_rate_limit
+        if self.state.actions_since(now - overall.window_seconds) >= overall.max_actions:
+            raise Blocked(
+                Guard.RATE_LIMIT_GLOBAL,
+                f"{overall.max_actions} actions in {overall.window_seconds:g}s",
+            )
+
     async def _act(self, alert: Alert, playbook: Playbook, ref: TargetRef, key: str) -> None:
+        """Guard (under the target's lock), commit (ctx.commit, called by the action), execute
+        (the action's run, which verifies), record (_finish, the Event, the lifecycle)."""
         guards = self.cfg.guards
         cooldown = (
             playbook.cooldown_seconds
@@ -232,15 +293,7 @@ class Remediator:
             else guards.cooldown_seconds
         )
         try:
-            self._early_guards(alert)  # again: another worker may have acted while we waited
-            if (left := self.state.cooldown_left(key)) > 0:
-                raise Blocked(Guard.COOLDOWN, f"{key} was acted on recently ({left:.0f}s left)")
-            failures = self.state.failures(key, guards.attempts_window_seconds)
-            if failures >= guards.max_attempts:
-                log.error("escalate: %s failed %d times; a human needs to look", key, failures)
-                raise Blocked(
-                    Guard.RETRY_CAP, f"{key} failed {failures} times; escalated to a human"
-                )
+            self._target_guards(alert, key)
         except Blocked as exc:
             self._block(alert, playbook, key, exc)
             return
@@ -249,69 +302,64 @@ class Remediator:
         started = 0.0
 
         async def commit(plan: str) -> None:
+            """The commit point: last guards, then claim, journal and cooldown at once."""
             nonlocal audit_id, started
-            if guards.recheck and self.prometheus is not None:
-                ok, why = await self.prometheus.confirms(alert, playbook.recheck_query)
-                if not ok:
-                    raise Blocked(Guard.RECHECK, why)
-            self._early_guards(alert)
+            await self._commit_guards(alert, playbook)
+            if self.ha is not None:  # fencing: lead now, and hold the claim on the object
+                if ctx.dry_run:
+                    self.ha.check()
+                else:
+                    holder = await self.ha.claim(
+                        ref,
+                        ACTION_KINDS[playbook.action],
+                        alert.dedupe_key,
+                        guards.idempotency_ttl_seconds,
+                    )
+                    if holder is not None:
+                        self.metrics.claims_lost.inc()
+                        raise Blocked(
+                            Guard.IDEMPOTENCY, f"{alert.dedupe_key} was claimed by {holder}"
+                        )
             now = time.time()
-            per_action = guards.action_rate_limit
-            if (
-                self.state.actions_since(now - per_action.window_seconds, playbook.action)
-                >= per_action.max_actions
-            ):
-                raise Blocked(
-                    Guard.RATE_LIMIT_ACTION,
-                    f"{per_action.max_actions} {playbook.action} actions "
-                    f"in {per_action.window_seconds:g}s",
-                )
-            overall = guards.global_rate_limit
-            if self.state.actions_since(now - overall.window_seconds) >= overall.max_actions:
-                raise Blocked(
-                    Guard.RATE_LIMIT_GLOBAL,
-                    f"{overall.max_actions} actions in {overall.window_seconds:g}s",
-                )
-            if not self.state.claim(alert.dedupe_key, guards.idempotency_ttl_seconds, now):
-                raise Blocked(Guard.IDEMPOTENCY, f"already handled {alert.dedupe_key}")
-            audit_id = self.state.audit(
+            # Claim, journal and cooldown in one transaction (StateError: none of it happened).
+            audit_id = self.state.begin_action(
+                alert.dedupe_key,
+                guards.idempotency_ttl_seconds,
                 alertname=alert.alertname,
                 fingerprint=alert.fingerprint,
                 action=playbook.action,
                 target=key,
-                result=None,
                 reason=f"in progress: {plan}",
                 playbook=playbook.name,
+                cooldown=cooldown,
+                now=now,
             )
-            self.state.start_cooldown(key, cooldown)
+            if audit_id is None:
+                raise Blocked(Guard.IDEMPOTENCY, f"already handled {alert.dedupe_key}")
             started = time.monotonic()
+            if not ctx.dry_run:
+                self.metrics.time_to_act.labels(playbook.action).observe(
+                    max(0.0, time.time() - alert.startsAt.timestamp())
+                )
             log.info("%s%s (alert %s)", "dry-run: " if ctx.dry_run else "", plan, alert.alertname)
 
-        def swap_started(original: str, lighter: str) -> None:
-            quiet = playbook.params.quiet_period_seconds  # type: ignore[union-attr]
-            self.state.begin_swap(
-                Swap(
-                    key,
-                    ref.namespace,
-                    ref.deployment or "",
-                    original,
-                    lighter,
-                    time.time(),
-                    None,
-                    quiet,
-                )
-            )
-
-        ctx = ActionContext(
-            backend=self.backend,
-            prometheus=self.prometheus,
-            dry_run=self.cfg.dry_run or playbook.dry_run,
-            max_drained_ratio=guards.max_drained_ratio,
-            commit=commit,
-            swap_started=swap_started,
+        spec = ACTIONS[playbook.action]
+        ctx = spec.lifecycle.bind(
+            ActionContext(
+                backend=self.backend,
+                prometheus=self.prometheus,
+                dry_run=self.cfg.dry_run or playbook.dry_run,
+                max_drained_ratio=guards.max_drained_ratio,
+                commit=commit,
+            ),
+            self.state,
+            key,
+            ref,
+            playbook.params,
+            cooldown,
         )
         try:
-            outcome = await RUNNERS[playbook.action](ctx, ref, playbook.params)
+            outcome = await spec.run(ctx, ref, playbook.params)
         except Blocked as exc:
             if audit_id is None:
                 self._block(alert, playbook, key, exc)
@@ -322,23 +370,28 @@ class Remediator:
                 self._block(alert, playbook, key, Blocked(Guard.TARGET, str(exc)))
                 return
             outcome = Outcome("failed", str(exc))
+        except NotLeader:
+            spec.lifecycle.ended(self.state, key)
+            raise  # before any claim: the worker keeps the alert
         except asyncio.CancelledError:
             if audit_id is not None:
                 self.state.finish(audit_id, "failed", INTERRUPTED)
-            self.state.end_swap(key)
+            spec.lifecycle.ended(self.state, key)
             raise
         except BackendError as exc:
             outcome = Outcome("failed", str(exc))
+        except StateError:
+            if audit_id is None:
+                raise  # nothing was claimed or changed: the worker tries the alert again
+            outcome = Outcome("failed", "the state file could not be written")
         except Exception as exc:
             log.exception("%s on %s raised", playbook.action, key)
             outcome = Outcome("failed", f"error: {type(exc).__name__}: {exc}")
         duration = time.monotonic() - started if audit_id is not None else 0.0
         self._finish(alert, playbook, key, audit_id, outcome, duration, cooldown)
-        swap = self.state.end_swap(key) if playbook.action == "swap_model" else None
-        if swap is not None and swap.back_at is not None:
-            log.info("%s resolved during the swap; swapping back in %gs", key, swap.quiet_seconds)
+        spec.lifecycle.ended(self.state, key)
         if outcome.result != "dry_run":
-            with contextlib.suppress(Exception):
+            try:
                 await self.backend.record_event(
                     ref,
                     ACTION_KINDS[playbook.action],
@@ -346,6 +399,8 @@ class Remediator:
                     f"{outcome.result}: {outcome.detail} (alert {alert.alertname})",
                     outcome.result == "succeeded",
                 )
+            except Exception as exc:
+                self._swallowed("record_event", f"{playbook.action} on {key}: {exc}")
 
     # -- recording --------------------------------------------------------------------------
 
@@ -387,8 +442,17 @@ class Remediator:
         else:
             self.state.finish(audit_id, outcome.result, outcome.detail)
             self.metrics.action_duration.labels(playbook.action).observe(duration)
+            if outcome.result == "succeeded":
+                self.metrics.time_to_effect.labels(playbook.action).observe(
+                    max(0.0, time.time() - alert.startsAt.timestamp())
+                )
         self.metrics.actions.labels(playbook.action, outcome.result).inc()
         cooldown = self.cfg.guards.cooldown_seconds if cooldown is None else cooldown
+        # Only an attempt that got past its commit may have changed something: it starts the
+        # cooldown whatever its result. One that failed before (target unreadable) may be
+        # retried by the next delivery.
+        if audit_id is None:
+            cooldown = 0.0
         self.state.record_attempt(target, ok=outcome.result != "failed", cooldown=cooldown)
         self._count_for_circuit(outcome.result == "failed")
         level = logging.WARNING if outcome.result == "failed" else logging.INFO
@@ -407,43 +471,43 @@ class Remediator:
                 "circuit breaker open after %d consecutive failures; POST /circuit/reset", failures
             )
 
-    # -- swap back --------------------------------------------------------------------------
+    # -- what outlives an action (swaps to undo, minimums to restore) -------------------------
 
     async def _housekeeping(self, interval: float = 0.25) -> None:
-        """Flush deferred audit rows and swap models back when due."""
+        """Flush deferred audit rows; let each action undo what is due."""
         while True:
             await asyncio.sleep(interval)
             self.state.flush()
-            for swap in self.state.swaps_due():
-                try:
-                    await self._swap_back(swap)
-                except Exception:
-                    log.exception("swap back of %s failed", swap.target)
+            if self.ha is not None and not self.ha.elector.leading:
+                continue  # swap-backs and restores are the leader's
+            for spec in ACTIONS.values():
+                await spec.lifecycle.housekeeping(self)
 
-    async def _swap_back(self, swap: Swap) -> None:
-        if self.kill_switch or self.circuit_open:
-            return  # an operator stopped actions; the swap waits for them
-        ref = TargetRef(namespace=swap.namespace, deployment=swap.deployment)
-        ctx = ActionContext(self.backend, self.prometheus, False, 1.0, _no_commit)
-        async with self._lock(ref, "deployment"):
-            audit_id = self.state.audit(
-                alertname="",
-                fingerprint="",
-                action="swap_model",
-                target=swap.target,
-                result=None,
-                reason=f"in progress: swap back to {swap.original}",
-            )
-            started = time.monotonic()
-            outcome = await swap_model_action.swap_back(ctx, ref, swap.original, 300.0)
-            self.state.finish(audit_id, outcome.result, outcome.detail)
-            self.metrics.actions.labels("swap_model", outcome.result).inc()
-            self.metrics.action_duration.labels("swap_model").observe(time.monotonic() - started)
-            if outcome.result == "succeeded":
-                self.state.drop_swap(swap.target)
-            else:
-                self.state.schedule_swap_back(swap.target, time.time() + 60)
+    # Core: what an action's lifecycle uses of the engine.
 
+    @property
+    def paused(self) -> bool:
+        return self.kill_switch or self.circuit_open
 
-async def _no_commit(plan: str) -> None:
-    return None
+    def lock(self, ref: TargetRef, kind: TargetKind) -> asyncio.Lock:
+        return self._lock(ref, kind)
+
+    def begin(self, action: str, target: str, plan: str) -> int:
+        return self.state.audit(
+            alertname="",
+            fingerprint="",
+            action=action,
+            target=target,
+            result=None,
+            reason=f"in progress: {plan}",
+        )
+
+    def end(self, audit_id: int, action: str, outcome: Outcome, duration: float) -> None:
+        self.state.finish(audit_id, outcome.result, outcome.detail)
+        self.metrics.actions.labels(action, outcome.result).inc()
+        self.metrics.action_duration.labels(action).observe(duration)
+        level = logging.WARNING if outcome.result == "failed" else logging.INFO
+        log.log(level, "%s %s: %s", action, outcome.result, outcome.detail)
+
+    def count_error(self, where: str, what: str) -> None:
+        self._swallowed(where, what)

@@ -20,7 +20,9 @@ class Guard(StrEnum):
     RATE_LIMIT_ACTION = "rate_limit_action"  # too many actions of this kind in the window
     RATE_LIMIT_GLOBAL = "rate_limit_global"  # too many actions overall in the window
     RETRY_CAP = "retry_cap"  # the target failed too often: escalate to a human
+    ESCALATED = "escalated"  # remediated too often in the window: it does not help, ask a human
     BOUNDS = "bounds"  # min/max replicas, last healthy replica, drained share, node count
+    OWNED_BY_AUTOSCALER = "owned_by_autoscaler"  # an HPA/ScaledObject owns the replica count
     RECHECK = "recheck"  # Prometheus no longer confirms the alert (or cannot be reached)
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from remediations.actions.registry import ACTIONS as REGISTERED
 from remediations.guards import Guard
 
 RESULTS = ("succeeded", "failed", "dry_run", "blocked")
-ACTIONS = ("scale", "drain", "restart", "drain_node", "swap_model")
+ACTIONS = tuple(REGISTERED)  # every registered action gets its series from the start
+# Alert start to action: Prometheus evaluation, Alertmanager group_wait, guards; then rollouts.
+LATENCY_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+ERROR_PLACES = ("record_event", "resolve_resolved_target", "swap_back", "restore_minimum")
 
 
 class Metrics:
@@ -33,6 +37,21 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.connections_closed = Counter(
+            "inferwatch_remediation_connections_closed",
+            "Client connections the remediator closed or lost, by reason (header_timeout, "
+            "body_timeout, client_disconnect, connection_limit).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("header_timeout", "body_timeout", "client_disconnect", "connection_limit"):
+            self.connections_closed.labels(reason)
+        self.state_errors = Counter(
+            "inferwatch_remediation_state_errors",
+            "Alerts put back on the queue because the state file could not be used "
+            "(locked by another process); nothing was acted on.",
+            registry=self.registry,
+        )
         self.circuit_open = Gauge(
             "inferwatch_remediation_circuit_open",
             "1 while the circuit breaker is open (actions stop until POST /circuit/reset).",
@@ -48,11 +67,48 @@ class Metrics:
             "1 while the kill switch blocks every action.",
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "inferwatch_remediation_leader",
+            "1 on the replica that leads (and acts); 0 on followers. Without leader election, 1.",
+            registry=self.registry,
+        )
+        self.leader_transitions = Counter(
+            "inferwatch_remediation_leader_transitions",
+            "Times this replica started or stopped leading.",
+            registry=self.registry,
+        )
+        self.claims_lost = Counter(
+            "inferwatch_remediation_claims_lost",
+            "Alerts not acted on because another replica had claimed them on the target object.",
+            registry=self.registry,
+        )
         self.action_duration = Histogram(
             "inferwatch_remediation_action_duration_seconds",
             "Time from commit to verified outcome, by action.",
             ["action"],
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "inferwatch_remediation_errors",
+            "Failures on a remediation path that did not stop it (each also logged), by where.",
+            ["where"],
+            registry=self.registry,
+        )
+        for where in ERROR_PLACES:
+            self.errors.labels(where)
+        self.time_to_act = Histogram(
+            "inferwatch_remediation_time_to_act_seconds",
+            "From the alert's startsAt to the action's start (its commit), by action.",
+            ["action"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_effect = Histogram(
+            "inferwatch_remediation_time_to_effect_seconds",
+            "From the alert's startsAt to the action's verified effect (succeeded), by action.",
+            ["action"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         # Pre-create every series so rules see zeros rather than absence.
@@ -61,3 +117,7 @@ class Metrics:
                 self.actions.labels(action, result)
         for guard in Guard:
             self.guard_blocks.labels(guard.value)
+        for action in ACTIONS:
+            self.action_duration.labels(action)
+            self.time_to_act.labels(action)
+            self.time_to_effect.labels(action)

@@ -1,6 +1,7 @@
 """Playbooks: alert matchers -> one action with typed params, target labels and guard overrides.
 
-Validated at start; every error names the file, the key path and the offending value.
+Validated at start; every error names the file, the key path and the offending value. There is
+one playbook model per registered action (remediations.actions.registry), told apart by `action`.
 """
 
 from __future__ import annotations
@@ -8,16 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, create_model, field_validator
 
 from exporter.settings import ConfigError, FrozenModel, format_validation_error, read_yaml
-from remediations.actions.drain import DrainParams
-from remediations.actions.drain_node import DrainNodeParams
-from remediations.actions.restart import RestartParams
-from remediations.actions.scale import ScaleParams
-from remediations.actions.swap_model import SwapModelParams
+from remediations.actions.registry import ACTIONS
 from remediations.targets import LabelMap
 
 
@@ -47,6 +44,8 @@ class TargetLabels(FrozenModel):
 
 class PlaybookBase(FrozenModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    action: str  # each action's model narrows this to its name ...
+    params: FrozenModel  # ... and this to its params model
     match: dict[str, str | list[str]] = Field(
         default_factory=dict, description="Alert label -> value (or any of a list of values)."
     )
@@ -81,35 +80,21 @@ class PlaybookBase(FrozenModel):
         )
 
 
-class ScalePlaybook(PlaybookBase):
-    action: Literal["scale"]
-    params: ScaleParams = ScaleParams()
+def _playbook_model(action: str, params: type[FrozenModel]) -> type[PlaybookBase]:
+    title = "".join(part.title() for part in action.split("_"))
+    return create_model(
+        f"{title}Playbook",
+        __base__=PlaybookBase,
+        action=(Literal[action], ...),  # type: ignore[valid-type, arg-type]
+        params=(params, params()),
+    )
 
 
-class DrainPlaybook(PlaybookBase):
-    action: Literal["drain"]
-    params: DrainParams = DrainParams()
-
-
-class RestartPlaybook(PlaybookBase):
-    action: Literal["restart"]
-    params: RestartParams = RestartParams()
-
-
-class DrainNodePlaybook(PlaybookBase):
-    action: Literal["drain_node"]
-    params: DrainNodeParams = DrainNodeParams()
-
-
-class SwapModelPlaybook(PlaybookBase):
-    action: Literal["swap_model"]
-    params: SwapModelParams = SwapModelParams()
-
-
-Playbook = Annotated[
-    ScalePlaybook | DrainPlaybook | RestartPlaybook | DrainNodePlaybook | SwapModelPlaybook,
-    Field(discriminator="action"),
-]
+PLAYBOOK_MODELS = tuple(_playbook_model(name, spec.params) for name, spec in ACTIONS.items())
+if TYPE_CHECKING:
+    Playbook = PlaybookBase
+else:
+    Playbook = Annotated[Union[PLAYBOOK_MODELS], Field(discriminator="action")]  # noqa: UP007
 
 
 class PlaybookFile(FrozenModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from exporter.settings import FrozenModel
-from remediations.actions import ActionContext, Outcome, wait_inflight
+from remediations.actions import ActionContext, ActionSpec, Outcome, register, wait_inflight
 from remediations.backends import ReplicaInfo
 from remediations.guards import Blocked, Guard
 from remediations.targets import TargetError, TargetRef
@@ -45,8 +45,16 @@ async def run(ctx: ActionContext, ref: TargetRef, params: DrainParams) -> Outcom
     if ctx.dry_run:
         return Outcome("dry_run", f"would {plan}")
     await ctx.backend.set_serving(ref, False)
-    waited = await wait_inflight(ctx, ref, params.inflight_timeout_seconds, params.poll_seconds)
     after = {r.name: r for r in await ctx.backend.replicas(ref)}
     if ref.replica in after and after[ref.replica].serving:
         return Outcome("failed", f"{plan}: still serving after the change")
-    return Outcome("succeeded", f"{plan}: {waited}")
+    drained = await wait_inflight(ctx, ref, params.inflight_timeout_seconds, params.poll_seconds)
+    # Out of serving either way; "succeeded" only once its requests were seen to finish.
+    return Outcome("succeeded" if drained.done else "failed", f"{plan}: {drained.detail}")
+
+
+SPEC = register(
+    ActionSpec(
+        "drain", "replica", DrainParams, run, ("replicas", "set_serving", "inflight_selector")
+    )
+)

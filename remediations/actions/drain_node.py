@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from exporter.settings import FrozenModel
-from remediations.actions import ActionContext, Outcome
+from remediations.actions import ActionContext, ActionSpec, Outcome, register
 from remediations.guards import Blocked, Guard
 from remediations.targets import TargetError, TargetRef
 
@@ -32,3 +32,8 @@ async def run(ctx: ActionContext, ref: TargetRef, params: DrainNodeParams) -> Ou
         return Outcome("dry_run", f"would {plan}")
     ok, detail = await ctx.backend.drain_node(ref, params.eviction_timeout_seconds)
     return Outcome("succeeded" if ok else "failed", f"{plan}: {detail}")
+
+
+SPEC = register(
+    ActionSpec("drain_node", "node", DrainNodeParams, run, ("cordoned_nodes", "drain_node"))
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from exporter.settings import FrozenModel
-from remediations.actions import ActionContext, Outcome, wait_inflight
+from remediations.actions import ActionContext, ActionSpec, Outcome, register, wait_inflight
 from remediations.actions.drain import check_removable
 from remediations.targets import TargetRef
 
@@ -26,6 +26,19 @@ async def run(ctx: ActionContext, ref: TargetRef, params: RestartParams) -> Outc
     drained = "was not serving"
     if mine.serving:
         await ctx.backend.set_serving(ref, False)
-        drained = await wait_inflight(ctx, ref, params.drain_timeout_seconds, params.poll_seconds)
+        # At the timeout the replica is restarted anyway: it is the one the alert says is stuck.
+        waited = await wait_inflight(ctx, ref, params.drain_timeout_seconds, params.poll_seconds)
+        drained = waited.detail
     ok, detail = await ctx.backend.restart_replica(ref, params.ready_timeout_seconds)
     return Outcome("succeeded" if ok else "failed", f"{plan}: {drained}; {detail}")
+
+
+SPEC = register(
+    ActionSpec(
+        "restart",
+        "replica",
+        RestartParams,
+        run,
+        ("replicas", "set_serving", "inflight_selector", "restart_replica"),
+    )
+)

@@ -22,6 +22,32 @@ class BackendError(Exception):
         self.status = status
 
 
+class Conflict(BackendError):
+    """The object changed since it was read (HTTP 409): re-read and decide again."""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A verified change: `ok` once the effect is observed; on failure, `restored` says whether
+    what ran before was put back (and verified)."""
+
+    ok: bool
+    detail: str
+    restored: bool = False
+
+
+@dataclass(frozen=True)
+class Autoscaler:
+    """An HPA or KEDA ScaledObject that owns a deployment's replica count."""
+
+    kind: str  # HorizontalPodAutoscaler | ScaledObject
+    name: str
+    min_replicas: int
+    max_replicas: int
+    resource_version: str | None
+    original_min: int | None  # what the remediator raised it from (its annotation), if it did
+
+
 @dataclass(frozen=True)
 class DeploymentInfo:
     name: str
@@ -32,6 +58,7 @@ class DeploymentInfo:
     max_replicas: int = 1 << 30
     model: str | None = None
     lighter_model: str | None = None
+    resource_version: str | None = None  # for a write conditional on this read
 
 
 @dataclass(frozen=True)
@@ -57,10 +84,26 @@ class Backend(Protocol):
     async def replicas(self, ref: TargetRef) -> list[ReplicaInfo]:
         """All replicas of ref.deployment."""
 
-    async def set_replicas(self, ref: TargetRef, count: int) -> None: ...
+    async def set_replicas(
+        self, ref: TargetRef, count: int, resource_version: str | None = None
+    ) -> None:
+        """Set the replica count; with `resource_version`, only if nothing changed since that
+        read (else Conflict)."""
 
-    async def wait_ready(self, ref: TargetRef, count: int, limit_s: float) -> int:
-        """Wait until `count` replicas of the deployment are ready; return how many are."""
+    async def wait_rollout(
+        self, ref: TargetRef, limit_s: float, model: str | None = None
+    ) -> Rollout:
+        """Wait until the deployment's last change rolled out (`kubectl rollout status`: every
+        replica updated, ready and available) and, with `model`, every ready replica serves it."""
+
+    async def autoscaler(self, ref: TargetRef) -> Autoscaler | None:
+        """The HPA or ScaledObject that targets the deployment, if any."""
+
+    async def set_autoscaler_min(
+        self, ref: TargetRef, owner: Autoscaler, minimum: int, original: int | None
+    ) -> None:
+        """Set its minimum (conditional on owner.resource_version; Conflict if it changed),
+        recording `original` in an annotation (None: remove the annotation)."""
 
     async def set_serving(self, ref: TargetRef, serving: bool) -> None: ...
 
@@ -70,12 +113,15 @@ class Backend(Protocol):
     async def restart_replica(self, ref: TargetRef, limit_s: float) -> tuple[bool, str]:
         """Stop and replace the (drained) replica; True once it (or its successor) is ready."""
 
-    async def cordoned_nodes(self) -> list[str]: ...
+    async def cordoned_nodes(self) -> list[str]:
+        """Nodes (or GPUs) the remediator cordoned; ones a human cordoned are not counted."""
 
     async def drain_node(self, ref: TargetRef, limit_s: float) -> tuple[bool, str]:
-        """Cordon ref.node (or GPU) and move its inference replicas elsewhere."""
+        """Cordon ref.node (or GPU) and move its inference replicas elsewhere; True once all
+        left. The detail says what was moved and what blocked the rest."""
 
-    async def set_model(self, ref: TargetRef, model: str) -> None: ...
+    async def set_model(self, ref: TargetRef, model: str, limit_s: float) -> Rollout:
+        """Roll the deployment onto `model` and verify it; on failure put back what ran before."""
 
     async def record_event(
         self, ref: TargetRef, kind: TargetKind, reason: str, message: str, ok: bool

@@ -6,6 +6,14 @@ traffic (what a router reads), `scrape_file` every running replica (what the exp
 a draining replica's in-flight requests stay visible). A replica joins the endpoint file only
 once its ready URL answers 200.
 
+Each replica leads its own process group; the groups are recorded in a file next to the endpoint
+file (`<endpoint_file>.processes.json`). A backend killed without cleanup (SIGKILL) leaves them
+running; the next start finds them there and stops them before it starts its own, so a restart
+never doubles the replicas.
+
+A model change rolls one replica at a time and stops at the first that does not become ready,
+putting the replicas it already changed back on the previous model.
+
 Usable without the remediator too (the demo does):
 
     backend = LocalBackend(LocalSettings(endpoint_file=..., deployments=[...]))
@@ -17,11 +25,9 @@ Usable without the remediator too (the demo does):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -31,9 +37,10 @@ from typing import Any
 
 import aiohttp
 
-from remediations.backends import DeploymentInfo, ReplicaInfo, TargetKind
+from remediations.backends import Autoscaler, DeploymentInfo, ReplicaInfo, Rollout, TargetKind
 from remediations.backends.local_settings import LocalDeployment, LocalSettings
 from remediations.guards import Blocked, Guard
+from remediations.process import spawn_group, start_time, stop_group, stop_recorded_groups
 from remediations.prom import escape_label_value
 from remediations.targets import TargetError, TargetRef
 
@@ -75,6 +82,8 @@ class LocalBackend:
         self._counter = {d.name: 0 for d in settings.deployments}
         self._session: aiohttp.ClientSession | None = None
         self.log_dir = settings.log_dir or settings.endpoint_file.parent
+        endpoint = settings.endpoint_file
+        self.process_file = endpoint.with_name(f"{endpoint.name}.processes.json")
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -82,6 +91,7 @@ class LocalBackend:
         """Start each deployment's initial replicas and wait (bounded) until they are ready."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        await self._stop_leftovers()
         self._write_files()
         waits = []
         for dep in self.settings.deployments:
@@ -137,15 +147,12 @@ class LocalBackend:
                 entries.append({"targets": [r.address], "labels": labels})
         return entries
 
-    async def scale_to(self, deployment: str, count: int) -> int:
-        """Set the replica count (within the deployment's bounds); return ready replicas."""
+    async def scale_to(self, deployment: str, count: int) -> Rollout:
+        """Set the replica count (within the deployment's bounds) and wait until all are ready."""
         dep = self.deployments[deployment]
         ref = TargetRef(deployment=deployment)
         await self.set_replicas(ref, max(dep.min_replicas, min(count, dep.max_replicas)))
-        return await self.wait_ready(ref, count, dep.ready_timeout_seconds)
-
-    async def uncordon(self, gpu: str) -> None:
-        self.cordoned.discard(gpu)
+        return await self.wait_rollout(ref, dep.ready_timeout_seconds)
 
     # -- Backend protocol ---------------------------------------------------------------------
 
@@ -194,7 +201,11 @@ class LocalBackend:
         health = await asyncio.gather(*(self._healthy(r) for r in replicas))
         return [ReplicaInfo(r.address, h, r.serving) for r, h in zip(replicas, health, strict=True)]
 
-    async def set_replicas(self, ref: TargetRef, count: int) -> None:
+    async def set_replicas(
+        self, ref: TargetRef, count: int, resource_version: str | None = None
+    ) -> None:
+        """Local replicas have one writer (the caller holds the deployment's lock), so there is
+        no concurrent change to guard against: `resource_version` is not needed."""
         dep = self._dep(ref)
         replicas = self.replicas_by_deployment[dep.name]
         while len(replicas) < count:
@@ -208,19 +219,44 @@ class LocalBackend:
             del replicas[count:]
             self._write_files()
 
-    async def wait_ready(self, ref: TargetRef, count: int, limit_s: float) -> int:
+    async def wait_rollout(
+        self, ref: TargetRef, limit_s: float, model: str | None = None
+    ) -> Rollout:
+        """Every replica running, answering its ready URL and (unless drained on purpose)
+        serving; with `model`, every one runs it."""
         dep = self._dep(ref)
         deadline = time.monotonic() + limit_s
         while True:
-            replicas = self.replicas_by_deployment[dep.name]
+            replicas = list(self.replicas_by_deployment[dep.name])
             health = await asyncio.gather(*(self._healthy(r) for r in replicas))
-            ready = sum(1 for r, h in zip(replicas, health, strict=True) if h and r.serving)
-            if ready >= count or time.monotonic() >= deadline:
-                return ready
+            ready = [
+                r
+                for r, h in zip(replicas, health, strict=True)
+                if h and (r.serving or r.promote is None or r.promote.done())
+            ]
+            other = [r.name for r in ready if model is not None and r.model != model]
+            if len(ready) == len(replicas) and not other:
+                on = f" on {model}" if model else ""
+                return Rollout(True, f"{len(ready)}/{len(replicas)} replicas ready{on}")
+            if time.monotonic() >= deadline:
+                detail = f"{len(ready)} of {len(replicas)} replicas ready after {limit_s:g}s"
+                if other:
+                    detail += f"; {other} still serve another model"
+                return Rollout(False, detail)
             await asyncio.sleep(0.2)
+
+    async def autoscaler(self, ref: TargetRef) -> Autoscaler | None:
+        return None  # no other controller scales local replicas
+
+    async def set_autoscaler_min(
+        self, ref: TargetRef, owner: Autoscaler, minimum: int, original: int | None
+    ) -> None:
+        raise TargetError("local deployments have no autoscaler")
 
     async def set_serving(self, ref: TargetRef, serving: bool) -> None:
         replica = self._replica(ref)
+        if replica.promote is not None and not replica.promote.done():
+            replica.promote.cancel()  # else its next health check would put it back in serving
         replica.serving = serving
         self._write_files()
 
@@ -266,17 +302,48 @@ class LocalBackend:
         detail = "; ".join(moved + problems) or "no replicas were on it"
         return not problems, detail
 
-    async def set_model(self, ref: TargetRef, model: str) -> None:
-        """Rolling restart onto `model`, one replica at a time, the rest keep serving."""
+    async def set_model(self, ref: TargetRef, model: str, limit_s: float) -> Rollout:
+        """Rolling restart onto `model`, one replica at a time, the rest keep serving. The first
+        replica that is not ready within `limit_s` stops the roll: every replica changed so far
+        goes back to the model it ran."""
         dep = self._dep(ref)
+        previous = self.models[dep.name]
         self.models[dep.name] = model
+        changed: list[tuple[Replica, str]] = []
         for replica in list(self.replicas_by_deployment[dep.name]):
-            replica.serving = False
-            self._write_files()
-            await self._stop(replica)
-            replica.model = model
-            await self._launch(dep, replica)
-            await self._wait_replica(replica, dep.ready_timeout_seconds)
+            if replica.model == model:
+                continue
+            changed.append((replica, replica.model))
+            await self._relaunch(dep, replica, model)
+            if await self._wait_replica(replica, limit_s):
+                continue
+            log.warning(
+                "%s is not ready on %s after %gs; restoring %d replica(s)",
+                replica.name,
+                model,
+                limit_s,
+                len(changed),
+            )
+            self.models[dep.name] = previous
+            restored = True
+            for done, was in reversed(changed):
+                await self._relaunch(dep, done, was)
+                restored = await self._wait_replica(done, dep.ready_timeout_seconds) and restored
+            detail = (
+                f"{replica.name} was not ready on {model} after {limit_s:g}s; stopped there "
+                f"and put {len(changed)} replica(s) back on {previous}"
+            )
+            if not restored:
+                detail += ", but not every one of them is ready again"
+            return Rollout(False, detail, restored=restored)
+        return await self.wait_rollout(ref, limit_s, model)
+
+    async def _relaunch(self, dep: LocalDeployment, replica: Replica, model: str) -> None:
+        replica.serving = False
+        self._write_files()
+        await self._stop(replica)
+        replica.model = model
+        await self._launch(dep, replica)
 
     async def record_event(
         self, ref: TargetRef, kind: TargetKind, reason: str, message: str, ok: bool
@@ -359,20 +426,10 @@ class LocalBackend:
         env = {**os.environ, **dep.env}
         if replica.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = replica.gpu
-        log_path = self.log_dir / f"{replica.name}.log"
-        # Plain Popen (vfork + exec, no child-watcher thread): starting a replica must not stall
-        # the event loop that answers the webhook. Exit is observed with poll().
-        with log_path.open("ab") as out:
-            replica.process = subprocess.Popen(  # noqa: ASYNC220 - returns at exec, never waits
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        replica.process = spawn_group(argv, self.log_dir / f"{replica.name}.log", env)
         log.info("started %s on %s (pid %d)", replica.name, replica.address, replica.process.pid)
         self._write_files()
+        self._record_processes()
 
     async def _wait_replica(self, replica: Replica, limit_s: float) -> bool:
         """Poll the ready URL; once it answers, the replica joins the endpoint file."""
@@ -403,25 +460,54 @@ class LocalBackend:
         proc = replica.process
         if proc is None or proc.poll() is not None:
             return
-        # The whole process group (each replica leads its own session). A stopped engine (SIGSTOP,
-        # a debugger, a hung-replica drill) would hold SIGTERM pending until the stop timeout and
-        # then get SIGKILL: continue it first so it can shut down cleanly.
-        for sig in (signal.SIGCONT, signal.SIGTERM):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-        polls = int(self.deployments[replica.deployment].stop_timeout_seconds / 0.05) + 1
-        for _ in range(polls):
-            if proc.poll() is not None:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            for _ in range(100):  # bounded: SIGKILL takes effect at once
-                if proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.05)
+        await stop_group(proc, self.deployments[replica.deployment].stop_timeout_seconds)
         log.info("stopped %s on %s", replica.name, replica.address)
+        self._record_processes()
+
+    # -- process groups across restarts -----------------------------------------------------
+
+    def _record_processes(self) -> None:
+        """Write the process groups this backend runs (pid, and its start time against reuse)."""
+        groups = [
+            {"replica": r.name, "pgid": r.process.pid, "started": start_time(r.process.pid)}
+            for rs in self.replicas_by_deployment.values()
+            for r in rs
+            if r.process is not None and r.process.poll() is None
+        ]
+        _write_json(self.process_file, groups)
+
+    async def _stop_leftovers(self) -> None:
+        """Stop the process groups a previous run recorded and did not stop (it was killed)."""
+        try:
+            recorded = json.loads(self.process_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error(
+                "cannot read %s (%s); replicas a killed run left are not stopped",
+                self.process_file,
+                exc,
+            )
+            return
+        left = [
+            g
+            for g in recorded
+            if isinstance(recorded, list)
+            if isinstance(g, dict)
+            and isinstance(g.get("pgid"), int)
+            and g["pgid"] > 1
+            and isinstance(g.get("started"), str)
+            and start_time(g["pgid"]) == g["started"]
+        ]
+        for group in left:
+            log.warning(
+                "replica %s (process group %d) was left running by a previous run; stopping it",
+                group.get("replica"),
+                group["pgid"],
+            )
+        limit = max((d.stop_timeout_seconds for d in self.settings.deployments), default=10.0)
+        await stop_recorded_groups([(g["pgid"], g["started"]) for g in left], limit)
+        _write_json(self.process_file, [])
 
     def _write_files(self) -> None:
         _write_json(self.settings.endpoint_file, self.endpoints(serving_only=True))

@@ -73,9 +73,8 @@ class Helm:
         return [doc for doc in yaml.load_all(proc.stdout, Loader=LOADER) if doc]
 
 
-@pytest.fixture(scope="session")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    home = tmp_path_factory.mktemp("helm-home")
+def make_helm(home: Path) -> Helm:
+    """The real helm binary with its home, cache, config and data under `home`."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
@@ -84,6 +83,11 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
         "HELM_DATA_HOME": str(home / "data"),
     }
     return Helm(helm_binary(), env, home)
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return make_helm(tmp_path_factory.mktemp("helm-home"))
 
 
 @pytest.fixture

@@ -193,8 +193,51 @@ def test_remediator_config_carries_namespaces_dry_run_and_extra_settings(helm: H
     assert config["prometheus"]["url"].startswith("http://")
 
 
-def test_remediator_is_one_replica_recreated_on_a_rwo_volume(helm: Helm) -> None:
+def test_remediator_runs_two_replicas_that_elect_a_leader_off_gpu_nodes(helm: Helm) -> None:
     docs = helm.template()
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1},
+    }
+    selector = dep["spec"]["selector"]["matchLabels"]
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    (spread,) = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert spread["podAffinityTerm"] == {
+        "topologyKey": "kubernetes.io/hostname",
+        "labelSelector": {"matchLabels": selector},
+    }
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term == {
+        "matchExpressions": [
+            {"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]}
+        ]
+    }
+    assert "PersistentVolumeClaim" not in kinds(docs)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["state"] == {"name": "state", "emptyDir": {}}
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    config = yaml.safe_load(remediator_config(docs))
+    assert config["leader_election"] == {
+        "enabled": True,
+        "lease_name": dep["metadata"]["name"],
+        "lease_namespace": "monitoring",
+        "lease_duration_seconds": 15,
+        "renew_deadline_seconds": 10,
+        "retry_period_seconds": 2,
+    }
+
+
+def test_remediator_is_one_replica_recreated_on_a_rwo_volume(helm: Helm) -> None:
+    docs = helm.template({"remediator": {"replicas": 1, "persistence": {"enabled": True}}})
     dep = one(docs, "Deployment")
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"] == {"type": "Recreate"}
@@ -202,11 +245,39 @@ def test_remediator_is_one_replica_recreated_on_a_rwo_volume(helm: Helm) -> None
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["state"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert "PodDisruptionBudget" not in kinds(docs)
+    assert "leader_election" not in yaml.safe_load(remediator_config(docs))
+    assert "podAntiAffinity" not in dep["spec"]["template"]["spec"]["affinity"]
 
-    docs = helm.template({"remediator": {"persistence": {"enabled": False}}})
-    assert "PersistentVolumeClaim" not in kinds(docs)
-    volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["state"] == {"name": "state", "emptyDir": {}}
+    # One replica without leader election is never rolled (two would act at once) ...
+    docs = helm.template({"remediator": {"replicas": 1}})
+    assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    # ... with it, the old pod hands the Lease over to the new one.
+    docs = helm.template({"remediator": {"replicas": 1, "leaderElection": {"enabled": True}}})
+    assert one(docs, "Deployment")["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    assert yaml.safe_load(remediator_config(docs))["leader_election"]["enabled"] is True
+
+    # Two replicas cannot share one ReadWriteOnce volume: refused, not rendered.
+    with pytest.raises(HelmError, match="ReadWriteOnce"):
+        helm.template({"remediator": {"persistence": {"enabled": True}}})
+
+
+def test_user_affinity_is_merged_over_the_defaults(helm: Helm) -> None:
+    zone = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}
+    node = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [zone]}]
+        }
+    }
+    docs = helm.template({"remediator": {"affinity": {"nodeAffinity": node}}})
+    affinity = one(docs, "Deployment")["spec"]["template"]["spec"]["affinity"]
+    assert affinity["nodeAffinity"] == node
+    assert "podAntiAffinity" in affinity
+    docs = helm.template({"remediator": {"avoidGpuNodes": False, "replicas": 1}})
+    assert "affinity" not in one(docs, "Deployment")["spec"]["template"]["spec"]
 
 
 def test_token_secret_is_generated_or_taken_from_an_existing_secret(helm: Helm) -> None:

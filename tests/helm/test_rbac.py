@@ -26,9 +26,21 @@ RESOLVE: set[Rule] = {
     ("apps", "replicasets", "get"),
     ("apps", "deployments", "get"),
 }
+# scale looks for an HPA, then a KEDA ScaledObject, owning the Deployment, and patches the
+# minimum of the one it finds: only clusters with an autoscaler use the patches.
+AUTOSCALER_WRITES: set[Rule] = {
+    ("autoscaling", "horizontalpodautoscalers", "patch"),
+    ("keda.sh", "scaledobjects", "patch"),
+}
 NAMESPACED: dict[str, set[Rule]] = {
-    "scale": RESOLVE | {("apps", "deployments/scale", "patch")},
-    "swapModel": RESOLVE | {("apps", "deployments", "patch")},
+    "scale": RESOLVE
+    | AUTOSCALER_WRITES
+    | {
+        ("apps", "deployments/scale", "patch"),
+        ("autoscaling", "horizontalpodautoscalers", "list"),
+        ("keda.sh", "scaledobjects", "list"),
+    },
+    "swapModel": RESOLVE | {("apps", "deployments", "patch"), ("", "pods", "list")},
     "restart": RESOLVE | {("", "pods", v) for v in ("list", "patch", "delete")},
     "drain": RESOLVE | {("", "pods", v) for v in ("list", "patch")},
     "drainNode": {("", "pods/eviction", "create")},
@@ -38,6 +50,19 @@ CLUSTER: dict[str, set[Rule]] = {
     | {("", "pods", "list"), ("", "events", "create")},
 }
 ACTIONS = list(NAMESPACED)
+# With leader election (the default: two replicas) each action first claims its alert in an
+# annotation on the target: a patch of the Deployment (namespaced actions) or of the Node
+# (drain_node, which patches nodes anyway).
+CLAIM: set[Rule] = {("apps", "deployments", "patch")}
+# ... and the replicas elect a leader on a Lease in the release namespace.
+LEADER_ELECTION: set[Rule] = {
+    ("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")
+}
+RELEASE_NAMESPACE = "monitoring"
+
+
+def namespaced_with_claims(action: str) -> set[Rule]:
+    return NAMESPACED[action] | (CLAIM if action != "drainNode" else set())
 
 
 def flatten(rules: list[dict[str, Any]]) -> set[Rule]:
@@ -52,24 +77,48 @@ def flatten(rules: list[dict[str, Any]]) -> set[Rule]:
     return out
 
 
-def render(helm: Helm, enabled: set[str], namespaces: list[str]) -> list[dict[str, Any]]:
+def render(
+    helm: Helm, enabled: set[str], namespaces: list[str], replicas: int = 2
+) -> list[dict[str, Any]]:
     actions = {a: a in enabled for a in ACTIONS}
-    return helm.template({"remediator": {"actions": actions, "namespaces": namespaces}})
+    return helm.template(
+        {"remediator": {"actions": actions, "namespaces": namespaces, "replicas": replicas}}
+    )
 
 
-def grants(helm: Helm, enabled: set[str]) -> tuple[set[Rule], set[Rule]]:
-    """(namespaced, cluster) grants rendered for these actions, in namespace llm."""
-    by_kind = kinds(render(helm, enabled, ["llm"]))
-    (role,) = by_kind["Role"]
+def action_roles(by_kind: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [r for r in by_kind["Role"] if not r["metadata"]["name"].endswith("-leader-election")]
+
+
+def leader_role(by_kind: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    found = [r for r in by_kind["Role"] if r["metadata"]["name"].endswith("-leader-election")]
+    return found[0] if found else None
+
+
+def grants(
+    helm: Helm, enabled: set[str], replicas: int = 2
+) -> tuple[set[Rule], set[Rule], set[Rule]]:
+    """(namespaced, cluster, leader election) grants rendered for these actions, in llm."""
+    by_kind = kinds(render(helm, enabled, ["llm"], replicas))
+    (role,) = action_roles(by_kind)
     assert role["metadata"]["namespace"] == "llm"
     cluster = [flatten(r["rules"]) for r in by_kind.get("ClusterRole", [])]
-    return flatten(role["rules"] or []), set().union(*cluster)
+    leader = leader_role(by_kind)
+    if leader is not None:
+        assert leader["metadata"]["namespace"] == RELEASE_NAMESPACE
+        (binding,) = [
+            b for b in by_kind["RoleBinding"] if b["roleRef"]["name"] == leader["metadata"]["name"]
+        ]
+        assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    leases = flatten(leader["rules"]) if leader is not None else set()
+    return flatten(role["rules"] or []), set().union(*cluster), leases
 
 
 @pytest.mark.parametrize("action", ACTIONS)
 def test_each_action_alone_grants_exactly_what_it_uses(helm: Helm, action: str) -> None:
-    namespaced, cluster = grants(helm, {action})
-    assert namespaced == NAMESPACED[action]
+    namespaced, cluster, leases = grants(helm, {action})
+    assert namespaced == namespaced_with_claims(action)
+    assert leases == LEADER_ELECTION
     assert cluster == CLUSTER.get(action, set())
     by_kind = kinds(render(helm, {action}, ["llm"]))
     if action in CLUSTER:
@@ -79,15 +128,25 @@ def test_each_action_alone_grants_exactly_what_it_uses(helm: Helm, action: str) 
         assert "ClusterRole" not in by_kind and "ClusterRoleBinding" not in by_kind
 
 
+@pytest.mark.parametrize("action", ACTIONS)
+def test_one_replica_claims_nothing_and_needs_no_lease(helm: Helm, action: str) -> None:
+    namespaced, _, leases = grants(helm, {action}, replicas=1)
+    assert namespaced == NAMESPACED[action]
+    assert leases == set()
+
+
 def test_default_actions_grant_the_union_per_namespace_and_bind_the_service_account(
     helm: Helm,
 ) -> None:
     default = {"scale", "restart", "drain", "swapModel"}
     docs = render(helm, default, ["llm", "llm-canary"])
     by_kind = kinds(docs)
-    want = set().union(*(NAMESPACED[a] for a in default))
-    assert sorted(r["metadata"]["namespace"] for r in by_kind["Role"]) == ["llm", "llm-canary"]
-    for role in by_kind["Role"]:
+    want = set().union(*(namespaced_with_claims(a) for a in default))
+    assert sorted(r["metadata"]["namespace"] for r in action_roles(by_kind)) == [
+        "llm",
+        "llm-canary",
+    ]
+    for role in action_roles(by_kind):
         assert flatten(role["rules"]) == want
     (sa,) = by_kind["ServiceAccount"]
     for binding in by_kind["RoleBinding"]:
@@ -108,7 +167,7 @@ def test_rbac_can_be_left_to_the_cluster_admin(helm: Helm) -> None:
 
 def test_remediator_config_namespaces_match_the_roles(helm: Helm) -> None:
     docs = render(helm, {"restart"}, ["llm", "llm-canary"])
-    roles = sorted(r["metadata"]["namespace"] for r in kinds(docs)["Role"])
+    roles = sorted(r["metadata"]["namespace"] for r in action_roles(kinds(docs)))
     config = next(
         yaml.safe_load(d["data"]["remediator.yaml"])
         for d in kinds(docs)["ConfigMap"]
@@ -158,16 +217,20 @@ def as_rule(method: str, path: str, query: dict[str, str]) -> tuple[bool, Rule]:
     return m["ns"] is not None, (m["group"] or "", resource, verb)
 
 
-async def used_by(action: str, tmp_path: Path) -> tuple[set[Rule], set[Rule]]:
-    """Run one action for real against the recording API; the (namespaced, cluster) rules used."""
+async def used_by(action: str, tmp_path: Path) -> tuple[set[Rule], set[Rule], set[Rule]]:
+    """Run one action for real against the recording API, as a leader does: elect on the Lease,
+    claim the alert at the commit point, act, release the Lease. The (namespaced, cluster,
+    leader election) rules used."""
     from remediations.actions import ActionContext, drain, drain_node, restart, scale, swap_model
     from remediations.backends.kubernetes import KubernetesBackend
-    from remediations.config import KubernetesSettings
+    from remediations.config import KubernetesSettings, LeaderElectionSettings
+    from remediations.leader import LeaderElector
     from remediations.targets import TargetRef
-    from tests.support.kube_api import FakeKubeApi
+    from tests.remediations.conftest import wait_for
+    from harness.kube_api import FakeKubeApi
 
     async def commit(plan: str) -> None:
-        return None
+        assert await backend.claim(ref, kind, "alert-1", "replica-a", 60) is None  # type: ignore[arg-type]
 
     async with FakeKubeApi() as api:
         api.add_node("gpu-node-1")
@@ -184,7 +247,17 @@ async def used_by(action: str, tmp_path: Path) -> tuple[set[Rule], set[Rule]]:
         )
         backend = KubernetesBackend(settings, ["llm"])
         await backend.start()
+        election = LeaderElectionSettings(
+            enabled=True,
+            lease_namespace=RELEASE_NAMESPACE,
+            lease_duration_seconds=3,
+            renew_deadline_seconds=2,
+            retry_period_seconds=0.5,
+        )
+        elector = LeaderElector(election, backend.api_client)
+        elector.start()
         try:
+            await wait_for(lambda: elector.leading, what="leading")
             ctx = ActionContext(backend, None, False, 0.5, commit)
             kind = {"drainNode": "node", "restart": "replica", "drain": "replica"}.get(
                 action, "deployment"
@@ -214,26 +287,33 @@ async def used_by(action: str, tmp_path: Path) -> tuple[set[Rule], set[Rule]]:
             assert outcome.result == "succeeded", outcome
             await backend.record_event(ref, kind, "Inferwatch", "done", True)  # type: ignore[arg-type]
         finally:
+            await elector.stop()  # releases the Lease: a read and an update
             await backend.close()
         namespaced: set[Rule] = set()
         cluster: set[Rule] = set()
+        leases: set[Rule] = set()
         for request in api.requests:
             is_namespaced, rule = as_rule(request.method, request.path, request.query)
-            (namespaced if is_namespaced else cluster).add(rule)
-        return namespaced, cluster
+            if rule[1] == "leases":
+                assert f"/namespaces/{RELEASE_NAMESPACE}/" in request.path, request.path
+                leases.add(rule)
+            else:
+                (namespaced if is_namespaced else cluster).add(rule)
+        return namespaced, cluster, leases
 
 
 @pytest.mark.parametrize("action", ACTIONS)
 async def test_the_backend_uses_only_what_the_chart_grants(
     helm: Helm, action: str, tmp_path: Path
 ) -> None:
-    namespaced, cluster = await used_by(action, tmp_path)
-    granted_ns, granted_cluster = grants(helm, {action})
+    namespaced, cluster, leases = await used_by(action, tmp_path)
+    granted_ns, granted_cluster, granted_leases = grants(helm, {action})
+    assert leases == granted_leases
     # A cluster-wide grant also covers namespaced requests (node events go to "default").
     assert namespaced <= granted_ns | granted_cluster, namespaced - granted_ns
     assert cluster <= granted_cluster, cluster - granted_cluster
     # ... and the grant is not wider than what the action needs in this run, except reading the
     # alert's pod and its ReplicaSet, which only alerts with a pod label trigger.
-    assert granted_ns | granted_cluster <= namespaced | cluster | RESOLVE, (
+    assert granted_ns | granted_cluster <= namespaced | cluster | RESOLVE | AUTOSCALER_WRITES, (
         granted_ns | granted_cluster
     ) - (namespaced | cluster)

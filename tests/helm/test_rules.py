@@ -181,7 +181,7 @@ def test_for_severity_labels_and_disabled(helm: Helm, sample_chart: Path) -> Non
                 "SampleQueueBacklog": {"for": "2m", "severity": "critical", "labels": {"a": "b"}},
             },
             "disabled": {"SampleDown": True},
-            "additionalAlertLabels": {"team": "ml", "severity": "info"},
+            "additionalAlertLabels": {"team": "ml", "severity": "critical"},
         }
     }
     found = alerts(rendered_groups(helm, values, sample_chart))
@@ -228,6 +228,23 @@ def test_no_overrides_leave_the_sample_untouched(helm: Helm, sample_chart: Path)
 def test_additional_labels_select_the_rule_for_kube_prometheus_stack(helm: Helm) -> None:
     docs = helm.template({"rules": {"additionalLabels": {"release": "kps"}}})
     assert one(docs, "PrometheusRule")["metadata"]["labels"]["release"] == "kps"
+
+
+def test_a_threshold_missing_from_its_expr_fails_the_render(helm: Helm, chart_copy: Path) -> None:
+    rules_dir = chart_copy / "files" / "rules"
+    shutil.rmtree(rules_dir)
+    rules_dir.mkdir()
+    alert = {
+        "alert": "SampleStale",
+        "expr": "up == 0",
+        "labels": {"severity": "info"},
+        "annotations": {"summary": "Stale.", "threshold": "5"},
+    }
+    rules = {"groups": [{"name": "stale", "rules": [alert]}]}
+    (rules_dir / "stale.rules.yaml").write_text(yaml.safe_dump(rules))
+    values = {"rules": {"alerts": {"SampleStale": {"threshold": "6"}}}}
+    with pytest.raises(HelmError, match=re.escape('"5" must appear exactly once') + ".*found 0"):
+        rendered_groups(helm, values, chart_copy)
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,8 @@ real inference engine use llama-server (test_local_llama.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,7 +21,8 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from demo.services import LOOPBACK, alertmanager, free_port, prometheus
+from harness.services import LOOPBACK, alertmanager, free_port, prometheus
+from harness.wait import eventually_async
 from remediations.app import create_app, remediator_key
 from remediations.config import RemediatorConfig, load_config
 from remediations.engine import Remediator
@@ -40,6 +39,20 @@ def http_engine(delay: float = 0.0) -> list[str]:
         "http.server.SimpleHTTPRequestHandler).serve_forever()"
     )
     return [sys.executable, "-c", code, "{host}", "{port}", str(delay)]
+
+
+def gated_engine(gate: Path) -> list[str]:
+    """argv for a stand-in engine that starts serving once `gate` exists (or after 60 s): a test
+    holds an action in progress for as long as it needs, without guessing at timings."""
+    code = (
+        "import http.server,os,sys,time\n"
+        "for _ in range(1200):\n"
+        " if os.path.exists(sys.argv[3]): break\n"
+        " time.sleep(0.05)\n"
+        "http.server.ThreadingHTTPServer((sys.argv[1],int(sys.argv[2])),"
+        "http.server.SimpleHTTPRequestHandler).serve_forever()"
+    )
+    return [sys.executable, "-c", code, "{host}", "{port}", str(gate)]
 
 
 def never_ready_engine() -> list[str]:
@@ -60,6 +73,23 @@ def deployment(name: str, **overrides: Any) -> dict[str, Any]:
     }
     base.update(overrides)
     return base
+
+
+def quick_drains(tmp_path: Path, seconds: float = 0.3) -> str:
+    """The default playbooks with drains that wait `seconds`: without Prometheus a drain waits
+    its whole timeout (120 s by default) before it counts as done."""
+    from remediations.config import DEFAULT_PLAYBOOKS
+
+    data = yaml.safe_load(DEFAULT_PLAYBOOKS.read_text())
+    for playbook in data["playbooks"]:
+        params = playbook.setdefault("params", {})
+        if playbook["action"] == "drain":
+            params["inflight_timeout_seconds"] = seconds
+        elif playbook["action"] == "restart":
+            params["drain_timeout_seconds"] = seconds
+    path = tmp_path / "quick-drains.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
 
 
 def make_config(
@@ -109,15 +139,7 @@ async def running(cfg: RemediatorConfig, **kwargs: Any) -> AsyncIterator[tuple[s
         await server.close()
 
 
-async def wait_for(predicate: Callable[[], Any], limit_s: float = 20.0, what: str = "") -> Any:
-    """Poll (bounded) until predicate() is truthy; return its value."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {limit_s}s waiting for {what or predicate}")
+wait_for = eventually_async  # the remediator tests' name for the harness' bounded wait
 
 
 def audit(remediator: Remediator) -> list[Any]:
@@ -208,11 +230,18 @@ def post_alerts(am_url: str, alerts: list[dict[str, Any]]) -> None:
 def am_alert(
     labels: dict[str, str],
     *,
-    expr: str = "vector(1)",
+    expr: str | None = None,
     prometheus_url: str = "http://127.0.0.1:9090",
     starts_at: datetime | None = None,
     resolved: bool = False,
 ) -> dict[str, Any]:
+    """`expr` defaults to one that returns this alert's series (the labels that pick its target):
+    a re-check only believes a generatorURL expression whose result carries them."""
+    if expr is None:
+        expr = "vector(1)"
+        for name in ("namespace", "deployment", "pod", "target", "node", "model", "gpu"):
+            if name in labels:
+                expr = f'label_replace({expr}, "{name}", "{labels[name]}", "", "")'
     now = datetime.now(UTC)
     start = starts_at or now - timedelta(minutes=1)
     alert: dict[str, Any] = {

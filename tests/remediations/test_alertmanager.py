@@ -6,6 +6,7 @@ the assertions are on what the remediator did (audit log, replicas, endpoint fil
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from remediations.playbook import load_playbooks
 from tests.remediations.conftest import (
@@ -20,7 +22,7 @@ from tests.remediations.conftest import (
     am_alert,
     audit,
     deployment,
-    http_engine,
+    gated_engine,
     make_config,
     never_ready_engine,
     post_alerts,
@@ -113,26 +115,47 @@ async def test_two_alertmanagers_deliver_twice_and_we_act_once(
 async def test_503_when_the_queue_is_full_is_retried_by_alertmanager(
     tmp_path: Path, prometheus_url: str, start_alertmanager: Any
 ) -> None:
-    slow = http_engine(delay=1.5)  # each scale-up keeps the single worker busy
+    gate = tmp_path / "gate"
+    gate.touch()  # the initial replicas start at once
     cfg = make_config(
         tmp_path,
         prometheus_url=prometheus_url,
-        deployments=[deployment(n, command=slow) for n in ("a", "b", "c", "d")],
+        deployments=[
+            deployment(n, command=gated_engine(gate), ready_timeout_seconds=60) for n in "abcd"
+        ],
         queue_size=1,
         workers=1,
     )
     async with running(cfg) as (url, remediator), aiohttp.ClientSession() as s:
+        gate.unlink()  # from now on a scale-up holds the single worker until the gate opens
         am = start_alertmanager(url)
         post_alerts(
             am,
             [am_alert({**BACKLOG, "deployment": n}, prometheus_url=prometheus_url) for n in "abcd"],
         )
+
+        async def answered_503() -> bool:
+            async with s.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+            return any(
+                sample.labels == {"code": "503"} and sample.value > 0
+                for family in text_string_to_metric_families(text)
+                if family.name == "inferwatch_remediation_webhook_requests"
+                for sample in family.samples
+                if sample.name.endswith("_total")
+            )
+
+        # One alert in the worker, one queued: a third notification must get 503.
+        for _ in range(300):
+            if await answered_503():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("no 503 within 30 s while the worker was busy and the queue full")
+        gate.touch()
         await wait_for(
-            lambda: len(results(remediator, "succeeded")) == 4, limit_s=40, what="four scale-ups"
+            lambda: len(results(remediator, "succeeded")) == 4, within=40, what="four scale-ups"
         )
-        async with s.get(f"{url}/metrics") as resp:
-            text = await resp.text()
-        assert 'inferwatch_remediation_webhook_requests_total{code="503"}' in text
         assert sorted(e.target for e in results(remediator, "succeeded")) == [
             f"deployment/{n}" for n in "abcd"
         ]
@@ -157,7 +180,7 @@ async def test_alert_storm_one_action_per_target(
             for i in range(300)
         ]
         post_alerts(am, storm)
-        await wait_for(lambda: len(audit(remediator)) >= 300, limit_s=60, what="300 alerts")
+        await wait_for(lambda: len(audit(remediator)) >= 300, within=60, what="300 alerts")
         entries = audit(remediator)
         assert len(entries) == 300
         assert sorted(e.target for e in results(remediator, "succeeded")) == [

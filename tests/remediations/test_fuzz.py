@@ -195,10 +195,11 @@ def test_missing_required_fields_get_400(server: Server, path: tuple[Any, ...]) 
     assert server.post(json.dumps(_del(FIRING, path)).encode()) == 400
 
 
-def test_ten_megabyte_body_gets_413(server: Server) -> None:
-    payload = _set(FIRING, ("alerts", 0, "annotations", "description"), "x" * (10 << 20))
+def test_body_over_the_default_limit_gets_413(server: Server) -> None:
+    """The default limit is 16 MiB (sized for what Alertmanager sends: docs/remediator.md)."""
+    payload = _set(FIRING, ("alerts", 0, "annotations", "description"), "x" * (17 << 20))
     assert server.post(json.dumps(payload).encode()) == 413
-    assert server.post(b"[" + b"1," * (5 << 20) + b"1]") == 413
+    assert server.post(b"[" + b"1," * (9 << 20) + b"1]") == 413
 
 
 hostile = st.sampled_from(HOSTILE) | st.text(min_size=1, max_size=80)
@@ -230,6 +231,7 @@ def test_hostile_labels_are_accepted_but_never_acted_on(
     assert sorted(p.name for p in server.tmp_path.iterdir()) == sorted(
         [
             "endpoints.json",
+            "endpoints.json.processes.json",
             "scrape.json",
             "remediator.yaml",
             "state.db",

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
-from demo.services import free_port
+from harness.services import free_port
 from remediations.playbook import load_playbooks
 from tests.remediations.conftest import (
     FIXTURES,
@@ -25,6 +25,7 @@ from tests.remediations.conftest import (
     deployment,
     make_config,
     never_ready_engine,
+    quick_drains,
     results,
     running,
     wait_for,
@@ -299,6 +300,7 @@ async def test_drained_share_is_capped(tmp_path: Path) -> None:
         tmp_path,
         deployments=[deployment("web", replicas=3)],
         guards={"recheck": False, "max_drained_ratio": 0.34, "cooldown_seconds": 0},
+        playbooks=quick_drains(tmp_path),
     )
     async with running(cfg) as (url, remediator):
         r0, r1, _ = remediator.backend.replicas_of("web")
@@ -321,6 +323,7 @@ async def test_rate_limits_per_action_and_global(tmp_path: Path) -> None:
             "global_rate_limit": {"max_actions": 2, "window_seconds": 60},
             "cooldown_seconds": 0,
         },
+        playbooks=quick_drains(tmp_path),
     )
     async with running(cfg) as (url, remediator):
         await send(url, notification({**BACKLOG, "deployment": "a"}, fingerprint="1"))
@@ -404,3 +407,33 @@ async def test_state_survives_restart_and_interrupted_actions_are_not_repeated(
         await send(url, notification({**BACKLOG, "deployment": "web"}, fingerprint="new"))
         entries = await settled(remediator, 4)
         assert entries[0].reason.startswith("cooldown")
+
+
+async def test_a_target_remediated_too_often_is_left_to_a_human(tmp_path: Path) -> None:
+    cfg = web(
+        tmp_path,
+        deployments=[deployment("web", max_replicas=8)],
+        guards={"recheck": False, "cooldown_seconds": 0, "escalate_after": 2},
+    )
+    async with running(cfg) as (url, remediator):
+        for n in range(3):
+            await send(url, notification({**BACKLOG, "deployment": "web"}, fingerprint=f"e{n}"))
+            await settled(remediator, n + 1)
+            await wait_for(lambda: all(e.result for e in audit(remediator)), what="the action")
+        escalated, *done = audit(remediator)
+        assert [e.result for e in done] == ["succeeded", "succeeded"]
+        assert escalated.reason == (
+            "escalated: deployment/web was remediated 2 times in 86400s; left to a human"
+        )
+        assert len(remediator.backend.replicas_of("web")) == 3
+        assert await guard_count(url, "escalated") == 1
+        async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as resp:
+            text = await resp.text()
+    # from the alert's startsAt (a fixture date in the past) to the commit, and to the effect
+    for name in ("time_to_act", "time_to_effect"):
+        (count,) = [
+            line
+            for line in text.splitlines()
+            if line.startswith(f'inferwatch_remediation_{name}_seconds_count{{action="scale"}}')
+        ]
+        assert count.endswith(" 2.0"), count

@@ -1,4 +1,4 @@
-"""Kubernetes backend: the real kubernetes_asyncio client against tests/support/kube_api.py.
+"""Kubernetes backend: the real kubernetes_asyncio client against harness/kube_api.py.
 
 No kube-apiserver can run here; the loopback fake implements the endpoints we call with real
 Kubernetes shapes and records every request, so the assertions are on the exact requests.
@@ -15,12 +15,22 @@ import aiohttp
 import pytest
 import yaml
 
-from demo.services import LOOPBACK, free_port
+from harness.kube_api import FakeKubeApi
+from harness.services import LOOPBACK, free_port
 from remediations.config import RemediatorConfig, load_config
 from tests.remediations.conftest import FIXTURES, TOKEN, audit, results, running, wait_for
-from tests.support.kube_api import FakeKubeApi
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class _AnyVersion(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and other.isdigit()
+
+    __hash__ = str.__hash__
+
+
+ANY_VERSION = _AnyVersion("<a resourceVersion>")
 
 
 @pytest.fixture
@@ -52,6 +62,26 @@ def k8s_config(tmp_path: Path, kube: FakeKubeApi, **overrides: Any) -> Remediato
     path = tmp_path / "remediator.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_config(path, environ={})
+
+
+def playbook(tmp_path: Path, action: str, match: str, **params: Any) -> str:
+    """A playbook file with one playbook: alerts with remediation=`match` run `action`."""
+    path = tmp_path / f"{action}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "playbooks": [
+                    {
+                        "name": action,
+                        "match": {"remediation": match},
+                        "action": action,
+                        "params": params,
+                    }
+                ]
+            }
+        )
+    )
+    return str(path)
 
 
 def notification(
@@ -98,12 +128,19 @@ async def test_scale_up_from_a_pod_label(tmp_path: Path, kube: FakeKubeApi) -> N
         ("POST", "/api/v1/namespaces/llm/events"),
     ]
     patch = kube.calls("PATCH")[0]
-    assert patch.body == {"spec": {"replicas": 3}}
+    # conditional on the resourceVersion the decision was made from
+    read = next(r for r in reversed(kube.calls("GET", "/deployments/web$")) if r is not patch)
+    assert patch.body == {"spec": {"replicas": 3}, "metadata": {"resourceVersion": ANY_VERSION}}
     assert patch.content_type.startswith("application/strategic-merge-patch+json")
+    assert read.path.endswith("/deployments/web")
     # the pod's owner chain was followed: pod -> replicaset -> deployment
     reads = [r.path for r in kube.calls("GET")]
     assert f"/api/v1/namespaces/llm/pods/{pod}" in reads
-    assert "/apis/apps/v1/namespaces/llm/replicasets/web-5d4f8b7c9" in reads
+    rs = pod.rsplit("-", 1)[0]
+    assert f"/apis/apps/v1/namespaces/llm/replicasets/{rs}" in reads
+    # no autoscaler owns it (both kinds were looked for)
+    assert "/apis/autoscaling/v2/namespaces/llm/horizontalpodautoscalers" in reads
+    assert "/apis/keda.sh/v1alpha1/namespaces/llm/scaledobjects" in reads
     (event,) = kube.events
     assert event["involvedObject"] == {
         "apiVersion": "apps/v1",
@@ -121,7 +158,9 @@ async def test_restart_drains_by_label_then_deletes_the_pod(
     tmp_path: Path, kube: FakeKubeApi
 ) -> None:
     pod = kube.pods_of("llm", "web")[0]["metadata"]["name"]
-    async with running(k8s_config(tmp_path, kube)) as (url, remediator):
+    # No Prometheus: the drain waits its whole timeout (short here) before the restart.
+    playbooks = playbook(tmp_path, "restart", "restart", drain_timeout_seconds=0.5)
+    async with running(k8s_config(tmp_path, kube, playbooks=playbooks)) as (url, remediator):
         await send(
             url,
             notification(
@@ -163,7 +202,13 @@ async def test_drain_node_cordons_and_evicts_only_allowed_inference_pods(
         (blocked,) = await wait_for(lambda: results(remediator, "blocked"), what="node cap")
     assert kube.nodes["node-a"]["spec"]["unschedulable"] is True
     assert "unschedulable" not in kube.nodes["node-b"]["spec"]
-    assert kube.calls("PATCH", "/nodes/node-a")[0].body == {"spec": {"unschedulable": True}}
+    assert kube.calls("PATCH", "/nodes/node-a")[0].body == {
+        "metadata": {
+            "resourceVersion": ANY_VERSION,
+            "annotations": {"inferwatch.io/cordoned-by": "inferwatch-remediator"},
+        },
+        "spec": {"unschedulable": True},
+    }
     evictions = kube.calls("POST", "/eviction$")
     assert {r.path.split("/")[4] for r in evictions} == {"llm"}
     assert len(evictions) == 3  # two pods, one retried after the 429
@@ -212,6 +257,7 @@ async def test_swap_model_and_back_after_resolve_and_quiet_period(
         assert model() == "llama-3-1b"
         patch = kube.calls("PATCH", "/deployments/web$")[0]
         assert patch.body == {
+            "metadata": {"resourceVersion": ANY_VERSION},
             "spec": {
                 "template": {
                     "spec": {
@@ -220,7 +266,7 @@ async def test_swap_model_and_back_after_resolve_and_quiet_period(
                         ]
                     }
                 }
-            }
+            },
         }
         await send(url, notification(labels, status="resolved"))
         await wait_for(lambda: len(results(remediator, "succeeded")) == 2, what="swap back")

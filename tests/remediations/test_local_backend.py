@@ -22,6 +22,7 @@ from tests.remediations.conftest import (
     deployment,
     http_engine,
     make_config,
+    quick_drains,
     results,
     running,
     wait_for,
@@ -82,7 +83,7 @@ async def test_endpoint_files_follow_the_file_sd_contract(tmp_path: Path) -> Non
         assert len(json.loads((tmp_path / "endpoints.json").read_text())) == 1
         assert len(json.loads((tmp_path / "scrape.json").read_text())) == 2
         await backend.set_serving(TargetRef(replica=replicas[0].address), True)
-        assert await backend.scale_to("web", 3) == 3
+        assert (await backend.scale_to("web", 3)).ok
         assert len(json.loads((tmp_path / "endpoints.json").read_text())) == 3
     assert json.loads((tmp_path / "endpoints.json").read_text()) == []
     assert all(not r.running for r in replicas)
@@ -115,6 +116,7 @@ async def test_restart_and_drain_through_the_webhook(tmp_path: Path) -> None:
         prometheus_url=None,
         deployments=[deployment("web", replicas=2)],
         guards={"recheck": False, "cooldown_seconds": 0},
+        playbooks=quick_drains(tmp_path),
     )
     async with running(cfg) as (url, remediator):
         backend = remediator.backend
@@ -137,7 +139,14 @@ async def test_restart_and_drain_through_the_webhook(tmp_path: Path) -> None:
             url,
             notification({"alertname": "X", "remediation": "drain", "target": second.address}, "2"),
         )
-        await wait_for(lambda: len(results(remediator, "succeeded")) == 2, what="drain")
+        drained, _ = await wait_for(
+            lambda: len(results(remediator, "succeeded")) == 2 and results(remediator, "succeeded"),
+            what="drain",
+        )
+        # no Prometheus: the drain waited its whole timeout rather than cutting requests
+        assert drained.reason.endswith(
+            "no Prometheus to watch in-flight requests; waited the whole 0.3s"
+        )
         serving = [
             t for e in json.loads((tmp_path / "endpoints.json").read_text()) for t in e["targets"]
         ]

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 
-from demo.services import LOOPBACK, free_port, llama_server_binary, prometheus, smollm2_model
+from harness.services import LOOPBACK, free_port, llama_server_binary, prometheus, smollm2_model
 from tests.remediations.conftest import TOKEN, make_config, results, running, wait_for
 
 pytestmark = [
@@ -153,7 +153,7 @@ async def test_scale_drain_and_restart_real_llama_servers(tmp_path: Path) -> Non
                 },
                 "a1",
             )
-            await wait_for(lambda: results(remediator, "succeeded"), limit_s=90, what="scale-up")
+            await wait_for(lambda: results(remediator, "succeeded"), within=90, what="scale-up")
             first, second = backend.replicas_of("smollm")
             serving = [
                 t
@@ -197,7 +197,7 @@ async def test_scale_drain_and_restart_real_llama_servers(tmp_path: Path) -> Non
                     len(results(remediator, "succeeded")) == 2
                     and results(remediator, "succeeded")[0]
                 ),
-                limit_s=120,
+                within=120,
                 what="restart",
             )
             finished = await inflight
@@ -211,7 +211,7 @@ async def test_scale_drain_and_restart_real_llama_servers(tmp_path: Path) -> Non
                 url, {"alertname": "X", "remediation": "drain", "target": second.address}, "a3"
             )
             await wait_for(
-                lambda: len(results(remediator, "succeeded")) == 3, limit_s=60, what="drain"
+                lambda: len(results(remediator, "succeeded")) == 3, within=60, what="drain"
             )
             serving = [
                 t
@@ -220,3 +220,55 @@ async def test_scale_drain_and_restart_real_llama_servers(tmp_path: Path) -> Non
             ]
             assert serving == [first.address]
             assert second.running
+
+
+async def test_a_lighter_model_that_cannot_start_stops_the_swap_at_the_first_replica(
+    tmp_path: Path,
+) -> None:
+    playbooks = tmp_path / "p.yaml"
+    playbooks.write_text(
+        yaml.safe_dump(
+            {
+                "playbooks": [
+                    {
+                        "name": "swap",
+                        "match": {"remediation": "swap_model"},
+                        "action": "swap_model",
+                        "params": {"ready_timeout_seconds": 30},
+                    }
+                ]
+            }
+        )
+    )
+    # llama-server exits at once on a model file it cannot load
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf file")
+    dep = {**llama_deployment(), "replicas": 2, "lighter_model": str(broken)}
+    cfg = make_config(
+        tmp_path,
+        prometheus_url=None,
+        deployments=[dep],
+        playbooks=str(playbooks),
+        guards={"recheck": False},
+    )
+    async with running(cfg) as (url, remediator):
+        first, second = remediator.backend.replicas_of("smollm")
+        second_pid = second.process.pid
+        await send(
+            url,
+            {
+                "alertname": "InferwatchLLMCapacityExhausted",
+                "remediation": "swap_model",
+                "model": "smollm2",
+            },
+            "s1",
+        )
+        (failed,) = await wait_for(
+            lambda: results(remediator, "failed"), within=120, what="the failed swap"
+        )
+        assert f"{first.name} was not ready on {broken}" in failed.reason
+        assert second.process.pid == second_pid  # never touched
+        # both replicas serve the main model again
+        assert {r.model for r in remediator.backend.replicas_of("smollm")} == {dep["model"]}
+        for replica in (first, second):
+            assert (await complete(replica.address, 4))["tokens_predicted"] == 4

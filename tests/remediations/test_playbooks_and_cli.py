@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from demo.services import LOOPBACK, ManagedProcess, free_port
 from exporter.settings import ConfigError
+from harness.services import LOOPBACK, ManagedProcess, free_port
 from remediations.config import DEFAULT_PLAYBOOKS
 from remediations.playbook import load_playbooks
-from tests.remediations.conftest import http_engine
+from tests.remediations.conftest import gated_engine, http_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 # design.md's alert table: the alerts whose remediation label a playbook must act on
@@ -167,7 +167,9 @@ def test_sigterm_drains_the_queue_before_exiting(tmp_path: Path) -> None:
     port = free_port()
     token = tmp_path / "token"
     token.write_text("s3cret\n")
-    engine = http_engine()
+    gate = tmp_path / "gate"
+    gate.touch()  # the initial replica serves at once; the scale-up's waits for the test
+    engine = gated_engine(gate)
     config = tmp_path / "r.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -234,11 +236,25 @@ def test_sigterm_drains_the_queue_before_exiting(tmp_path: Path) -> None:
             method="POST",
             headers={"Authorization": "Bearer s3cret"},
         )
+        gate.unlink()
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 202
-        time.sleep(0.05)
+        actions = urllib.request.Request(
+            f"http://{LOOPBACK}:{port}/actions", headers={"Authorization": "Bearer s3cret"}
+        )
+        for _ in range(300):  # bounded: until the scale-up is in progress, waiting on its replica
+            with urllib.request.urlopen(actions, timeout=5) as resp:
+                if json.load(resp)["in_progress"]:
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the scale-up never started:\n{proc.tail()}")
         proc.signal(signal.SIGTERM)
         assert proc.proc is not None
+        # It keeps draining (the action cannot finish while the gate is shut) ...
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.proc.wait(1)
+        gate.touch()  # ... and exits once the queued work is done.
         assert proc.proc.wait(30) == 0
     rows = (
         sqlite3.connect(tmp_path / "state.db")

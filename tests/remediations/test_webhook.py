@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from remediations.guards import Guard
+from remediations.metrics import ACTIONS
 from tests.remediations.conftest import (
     FIXTURES,
     TOKEN,
@@ -121,18 +122,20 @@ async def test_queue_full_gets_503_and_nothing_is_half_queued(tmp_path: Path) ->
         for task in remediator._workers:  # park the workers so the queue stays full
             task.cancel()
         await asyncio.gather(*remediator._workers, return_exceptions=True)
-        payload = firing_payload()
-        payload["alerts"] = payload["alerts"] * 3
-        async with s.post(f"{url}/alerts", json=payload, headers=AUTH) as resp:
-            assert resp.status == 503
-        assert remediator.queue.qsize() == 0
-        payload["alerts"] = payload["alerts"][:2]
-        async with s.post(f"{url}/alerts", json=payload, headers=AUTH) as resp:
+        one = firing_payload()
+        two = firing_payload()
+        two["alerts"] = two["alerts"] * 2
+        async with s.post(f"{url}/alerts", json=one, headers=AUTH) as resp:
+            assert resp.status == 202
+        async with s.post(f"{url}/alerts", json=two, headers=AUTH) as resp:
+            assert resp.status == 503  # 1 + 2 > 2: none of the two is queued
+        assert remediator.queue.qsize() == 1
+        async with s.post(f"{url}/alerts", json=one, headers=AUTH) as resp:
             assert resp.status == 202
         async with s.get(f"{url}/metrics") as resp:
             text = await resp.text()
         assert 'inferwatch_remediation_webhook_requests_total{code="503"} 1.0' in text
-        assert 'inferwatch_remediation_webhook_requests_total{code="202"} 1.0' in text
+        assert 'inferwatch_remediation_webhook_requests_total{code="202"} 2.0' in text
         assert "inferwatch_remediation_queue_depth 2.0" in text
         remediator._workers = []
 
@@ -154,6 +157,11 @@ async def test_metrics_expose_the_catalog_names(tmp_path: Path) -> None:
         assert name in text
     for guard in Guard:
         assert f'guard="{guard.value}"' in text
+    # Every action's duration series exists at zero from the start, so the first real action is
+    # an increase that rate() sees (a series born on its first observation is not).
+    for action in ACTIONS:
+        count = "inferwatch_remediation_action_duration_seconds_count"
+        assert f'{count}{{action="{action}"}} 0.0' in text
 
 
 async def test_killswitch_and_circuit_reset_endpoints(tmp_path: Path) -> None:
@@ -187,8 +195,10 @@ async def test_actions_endpoint_shape_newest_first(tmp_path: Path) -> None:
                 now=1_700_000_000 + n,
             )
         async with s.get(f"{url}/actions?limit=2") as resp:
+            assert resp.status == 401  # the audit log names targets: token only
+        async with s.get(f"{url}/actions?limit=2", headers=AUTH) as resp:
             body = await resp.json()
-        async with s.get(f"{url}/actions?limit=x") as resp:
+        async with s.get(f"{url}/actions?limit=x", headers=AUTH) as resp:
             assert resp.status == 400
     assert [a["alertname"] for a in body["actions"]] == ["A2", "A1"]
     assert body["actions"][0] == {

@@ -79,6 +79,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- toJson (uniq $ns) }}
 {{- end }}
 
+{{/* "true" when the remediator elects a leader: always with more than one replica. */}}
+{{- define "inferwatch.remediator.leaderElection" -}}
+{{- if or (gt (int .Values.remediator.replicas) 1) .Values.remediator.leaderElection.enabled }}true{{ end }}
+{{- end }}
+
 {{- define "inferwatch.remediator.secretName" -}}
 {{- default (include "inferwatch.componentName" (dict "root" . "component" "remediator")) .Values.remediator.auth.existingSecret }}
 {{- end }}
@@ -96,8 +101,12 @@ resolves its target (get the pod, its ReplicaSet, its Deployment) and records an
 {{- $ns = append $ns (dict "apiGroups" (list "") "resources" (list "events") "verbs" (list "create")) }}
 {{- $ns = append $ns (dict "apiGroups" (list "apps") "resources" (list "deployments" "replicasets") "verbs" (list "get")) }}
 {{- $podVerbs := list "get" }}
+{{- if or $a.restart $a.drain $a.swapModel }}
+{{- /* swap_model lists pods to verify every ready one runs the new model */}}
+{{- $podVerbs = append $podVerbs "list" }}
+{{- end }}
 {{- if or $a.restart $a.drain }}
-{{- $podVerbs = concat $podVerbs (list "list" "patch") }}
+{{- $podVerbs = append $podVerbs "patch" }}
 {{- end }}
 {{- if $a.restart }}
 {{- $podVerbs = append $podVerbs "delete" }}
@@ -106,8 +115,13 @@ resolves its target (get the pod, its ReplicaSet, its Deployment) and records an
 {{- end }}
 {{- if $a.scale }}
 {{- $ns = append $ns (dict "apiGroups" (list "apps") "resources" (list "deployments/scale") "verbs" (list "patch")) }}
+{{- /* scale goes through an HPA or KEDA ScaledObject that owns the Deployment (raises its minimum) */}}
+{{- $ns = append $ns (dict "apiGroups" (list "autoscaling") "resources" (list "horizontalpodautoscalers") "verbs" (list "list" "patch")) }}
+{{- $ns = append $ns (dict "apiGroups" (list "keda.sh") "resources" (list "scaledobjects") "verbs" (list "list" "patch")) }}
 {{- end }}
-{{- if $a.swapModel }}
+{{- if or $a.swapModel (and (include "inferwatch.remediator.leaderElection" .) (or $a.scale $a.restart $a.drain)) }}
+{{- /* swap_model patches the model; with leader election every action claims its alert in an
+  annotation on the target Deployment (a patch with a resourceVersion precondition) */}}
 {{- $ns = append $ns (dict "apiGroups" (list "apps") "resources" (list "deployments") "verbs" (list "patch")) }}
 {{- end }}
 {{- if $a.drainNode }}
