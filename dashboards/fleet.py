@@ -24,7 +24,7 @@ BUDGET = steps("red", (0.25, "orange"), (0.5, "green"))
 def build() -> Json:
     errors_objective = slo_objective("inferwatch:llm_errors_slo_objective:ratio")
     ttft_objective = slo_objective("inferwatch:llm_ttft_slo_objective:ratio")
-    ttft_bound = slo_latency_bound("model:inferwatch_llm_ttft_slo_errors:ratio_rate5m")
+    ttft_bound = slo_latency_bound("model:inferwatch_llm_ttft_slo_good:increase5m")
     error_budget = 1 - errors_objective
     glance = Row(
         "Right now",

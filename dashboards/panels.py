@@ -432,14 +432,6 @@ def value_text(mapping: dict[int, tuple[str, str]]) -> list[Json]:
     ]
 
 
-def override_unit(regex: str, unit: str) -> Json:
-    """Give the series whose name matches `regex` another unit (e.g. a limit next to a usage)."""
-    return {
-        "matcher": {"id": "byRegexp", "options": regex},
-        "properties": [{"id": "unit", "value": unit}],
-    }
-
-
 def override_dashed(regex: str, color: str = "red") -> Json:
     """Draw matching series as a dashed reference line (limits, baselines)."""
     return {

@@ -53,7 +53,6 @@ engines_down = f"count(inferwatch_llm_up{{{LLM}}} == 0) or vector(0)"
 requests_by_model = f"model:inferwatch_llm_requests:rate5m{{{LLM}}}"
 prompt_tokens_by_model = f"model:inferwatch_llm_prompt_tokens:rate5m{{{LLM}}}"
 generation_tokens_by_model = f"model:inferwatch_llm_generation_tokens:rate5m{{{LLM}}}"
-error_ratio_by_model = f"model:inferwatch_llm_request_errors_per_requests:ratio_rate5m{{{LLM}}}"
 replicas_by_model = f"model:inferwatch_llm_replicas:count{{{LLM}}}"
 
 
@@ -72,9 +71,15 @@ running_per_replica_by_model = f"model:inferwatch_llm_requests_running:avg{{{LLM
 kv_usage_by_model = (
     f"max by ({PER_MODEL}) (replica:inferwatch_llm_kv_cache_usage_ratio:max{{{LLM}}})"
 )
-waiting_forecast_per_replica = (
-    f"model:inferwatch_llm_requests_waiting:predict30m_sum{{{LLM}}}"
-    f" / on({PER_MODEL}) model:inferwatch_llm_replicas:count{{{LLM}}}"
+# Requests per replica now and 30 minutes ahead (Little's law on the arrival trend), as a share
+# of the replica's measured capacity (KV cache full, or the batch size seen while requests waited).
+capacity_used_by_model = (
+    f"model:inferwatch_llm_requests_running:avg{{{LLM}}}"
+    f" / on({PER_MODEL}) model:inferwatch_llm_requests_running:capacity_avg{{{LLM}}}"
+)
+capacity_forecast_by_model = (
+    f"model:inferwatch_llm_requests_running:predict30m_avg{{{LLM}}}"
+    f" / on({PER_MODEL}) model:inferwatch_llm_requests_running:capacity_avg{{{LLM}}}"
 )
 
 # SLO budget over the longest recorded window (3 days): 1 = untouched, 0 = spent.
@@ -169,7 +174,6 @@ ecc_errors = (
     "sum by (node, gpu, type) "
     f"(increase(inferwatch_gpu_ecc_errors_total{{{GPU}}}[$__rate_interval]))"
 )
-ecc_uncorrected_10m = f"uuid:inferwatch_gpu_ecc_uncorrected_errors:increase10m{{{GPU}}}"
 xid_errors_10m = f"uuid_xid:inferwatch_gpu_xid_errors:increase10m{{{GPU}}}"
 XID_ERRORS = f"inferwatch_gpu_xid_errors_total{{{GPU}}}"
 # A (gpu, xid) series is born with its first event, which increase() cannot see (no earlier

@@ -137,13 +137,14 @@ def build() -> Json:
                 w=8,
             ),
             timeseries(
-                "Queue per replica, now and 30 minutes ahead",
-                "Requests waiting per replica of each model, and the projection 30 minutes "
-                "ahead from the last hour's trend. The projection crossing the line fires "
-                "InferwatchLLMLoadForecastExceedsCapacity: scale_up acts before the backlog.",
-                target(q.waiting_per_replica_by_model, "now {{model}}"),
-                target(q.waiting_forecast_per_replica, "in 30m {{model}}"),
-                unit="short",
+                "Capacity used per replica, now and 30 minutes ahead",
+                "Requests a replica runs, as a share of its measured capacity (KV cache full, or "
+                "the batch size it ran while requests waited), now and 30 minutes ahead at the "
+                "last hour's arrival trend (Little's law). The projection crossing the line "
+                "fires InferwatchLLMLoadForecastExceedsCapacity: scale_up acts before the backlog.",
+                target(q.capacity_used_by_model, "now {{model}}"),
+                target(q.capacity_forecast_by_model, "in 30m {{model}}"),
+                unit="percentunit",
                 w=8,
                 alerts=[alert("InferwatchLLMLoadForecastExceedsCapacity")],
                 overrides=[override_dashed("^in 30m .*", "text")],

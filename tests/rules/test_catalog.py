@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from demo import services
-from demo.services import LOOPBACK, free_port
+from harness import services
+from harness.services import LOOPBACK, free_port
 from tests.rules import ruleset
 
 FIXTURES = ruleset.ROOT / "tests" / "fixtures" / "engines"

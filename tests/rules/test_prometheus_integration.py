@@ -5,7 +5,6 @@ drain_node playbook needs, and only for that GPU."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from demo import services
-from demo.services import LOOPBACK, free_port, prometheus
-from tests.rules import ruleset
-from tests.rules.overrides import apply_overrides
+from harness import services
+from harness.services import LOOPBACK, free_port, prometheus
+from harness.wait import eventually
+from tests.rules.conftest import RenderRules
 
-# Test-only override, the chart's mechanism: evaluate every second, no waiting on `for`.
+# The chart's own overrides, rendered by helm: evaluate every second, no waiting on `for`.
 OVERRIDES = {"alerts": {"InferwatchGPULost": {"for": "0s"}}, "groupInterval": "1s"}
 
 
@@ -40,29 +39,17 @@ def firing(prom_url: str) -> list[dict[str, Any]]:
     return [a for a in alerts if a["state"] == "firing"]
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 @pytest.mark.integration
-def test_xid79_reaches_prometheus_alerts(tmp_path: Path) -> None:
-    rules_dir = tmp_path / "rules"
-    rules_dir.mkdir()
-    for path in ruleset.RULE_FILES:
-        doc = apply_overrides(ruleset.load(path), OVERRIDES)
-        (rules_dir / path.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+def test_xid79_reaches_prometheus_alerts(tmp_path: Path, render_rules: RenderRules) -> None:
+    rules_file = tmp_path / "inferwatch.rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": render_rules(OVERRIDES)}, sort_keys=False))
     exporter_port, prom_port = free_port(), free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(rules_dir / "*.rules.yaml")],
+                "rule_files": [str(rules_file)],
                 "scrape_configs": [
                     {
                         "job_name": "inferwatch",
@@ -81,7 +68,7 @@ def test_xid79_reaches_prometheus_alerts(tmp_path: Path) -> None:
     prom_url = f"http://{LOOPBACK}:{prom_port}"
     with exporter, prometheus(config, tmp_path, prom_port):
         query = f"{prom_url}/api/v1/query?query=uuid:inferwatch_gpu_up:max"
-        gpus = wait_for(lambda: get_json(query)["data"]["result"], 30, "recorded GPU series")
+        gpus = eventually(lambda: get_json(query)["data"]["result"], 30, "recorded GPU series")
         assert {g["metric"]["node"] for g in gpus} == {"test-node"}
         uuid = next(g["metric"]["uuid"] for g in gpus if g["metric"]["gpu"] == "1")
 
@@ -99,7 +86,7 @@ def test_xid79_reaches_prometheus_alerts(tmp_path: Path) -> None:
             names = {a["labels"]["alertname"] for a in alerts}
             return alerts if names == {"InferwatchGPUXidCritical", "InferwatchGPULost"} else None
 
-        alerts = wait_for(both_fire, 60, "InferwatchGPUXidCritical and InferwatchGPULost to fire")
+        alerts = eventually(both_fire, 60, "InferwatchGPUXidCritical and InferwatchGPULost to fire")
         for alert in alerts:
             labels = alert["labels"]
             assert labels["gpu"] == "1", "only the GPU that fell off the bus"
