@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import Ratio, Summary
 from exporter.collectors.base import CollectorContext
 from exporter.collectors.cuda_allocator import CudaAllocatorCollector, CudaAllocatorSettings
 from exporter.nvml import Nvml
@@ -86,7 +87,7 @@ async def _refreshes(probes: Path) -> tuple[float, float, int]:
     return cold, min(warm_runs), series
 
 
-def main() -> str:
+def main() -> Summary:
     with tempfile.TemporaryDirectory() as tmp:
         probes = Path(tmp) / "probes"
         _write_files(probes)
@@ -94,12 +95,19 @@ def main() -> str:
         cold, warm, series = asyncio.run(_refreshes(probes))
     assert series > FILES, "every probe file should produce series"
     snapshot_ms = _snapshot_reduce_ms()
-    return (
+    line = (
         f"{FILES} probe files ({series} series): cold refresh {cold * 1000:.0f} ms "
         f"({cold / floor:.1f}x json floor {floor * 1000:.0f} ms), warm {warm * 1000:.0f} ms "
         f"({warm / floor:.1f}x); probe reduces a 20k-block snapshot in {snapshot_ms:.1f} ms"
     )
+    return Summary(
+        line,
+        (
+            Ratio("cold refresh / plain JSON parse", cold / floor),
+            Ratio("warm refresh / plain JSON parse", warm / floor),
+        ),
+    )
 
 
 if __name__ == "__main__":
-    print(main())
+    print(main().line)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import Ratio, Summary
 from exporter.engines import ENGINES, detect_engine, normalize_exposition, normalize_text
 from exporter.engines.parser import Exposition, Sample
 
@@ -56,18 +57,20 @@ def _best(fn: Callable[[list[tuple[str, str]]], None], captures: list[tuple[str,
     return best
 
 
-def main() -> str:
+def main() -> Summary:
     captures = _captures()
     ours = _best(_ours, captures)
     baseline = _best(_baseline, captures)
     size = sum(len(text) for _, text in captures) / 1024
-    return (
+    line = (
         f"normalize: parse+normalize of {len(captures)} real engine captures ({size:.0f} KiB) "
         f"{baseline / ours:.1f}x faster than prometheus_client.parser + the same normalization "
         f"({ours * 1e3:.2f} ms vs {baseline * 1e3:.2f} ms per pass; target >= 3x)"
     )
+    speedup = Ratio("prometheus_client.parser + normalization / ours", baseline / ours, at_least=3)
+    return Summary(line, (speedup,))
 
 
 if __name__ == "__main__":
-    print(main())
+    print(main().line)
     sys.exit(0)

@@ -20,12 +20,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
-from demo import report, services
+from demo import report
 from demo.observe import Timeline
 from demo.replica import LIGHT_MODEL, MAIN_MODEL, model_path
 from demo.scenarios import SCENARIOS, Result, run_scenario
-from demo.stack import stop_all
 from demo.ui import LiveView
+from harness import services
+from harness.stack import stop_all
 
 OUT = Path(__file__).resolve().parent / "out"
 

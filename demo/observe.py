@@ -5,6 +5,7 @@ latency (the load generator). Everything lands on one timeline in seconds since 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from typing import Any
 
 import aiohttp
 
-from demo.load import LoadGenerator
 from demo.stack import Stack
+from harness.load import LoadGenerator
+from harness.prometheus import Prometheus
 
 
 @dataclass
@@ -95,22 +97,12 @@ class Observer:
         self.actions_by_key: dict[tuple[str, str, str, str], ActionEvent] = {}
         self.queue: float | None = None
         self.last_error: str | None = None
+        self.prometheus = Prometheus(stack.url("prometheus"), timeout=2)
 
     async def _get(self, session: aiohttp.ClientSession, url: str, **kw: Any) -> Any:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=2), **kw) as resp:
             resp.raise_for_status()
             return await resp.json()
-
-    async def firing(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
-        data = await self._get(session, f"{self.stack.url('prometheus')}/api/v1/alerts")
-        return [a for a in data["data"]["alerts"] if a.get("state") == "firing"]
-
-    async def query(self, session: aiohttp.ClientSession, expr: str) -> float | None:
-        data = await self._get(
-            session, f"{self.stack.url('prometheus')}/api/v1/query", params={"query": expr}
-        )
-        result = data["data"]["result"]
-        return float(result[0]["value"][1]) if result else None
 
     async def actions(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
         headers = {"Authorization": f"Bearer {self.stack.token}"}
@@ -123,11 +115,13 @@ class Observer:
         now = tl.now()
         self.stack.track_replicas()
         try:
-            firing = await self.firing(session)
-            self.queue = await self.query(session, "sum(inferwatch_llm_requests_waiting)")
+            firing = await asyncio.to_thread(self.prometheus.alerts)
+            self.queue = await asyncio.to_thread(
+                self.prometheus.value, "sum(inferwatch_llm_requests_waiting)"
+            )
             actions = await self.actions(session)
             self.last_error = None
-        except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
+        except (aiohttp.ClientError, OSError, KeyError, ValueError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             return
         current = set()

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo import services
+from harness import services
 
 
 @dataclass(frozen=True)

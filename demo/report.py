@@ -27,6 +27,7 @@ def results_table(results: Sequence[Result]) -> Table:
         "recovered",
         "time to recover",
         "unexpected",
+        "verified",
     ):
         table.add_column(
             col,
@@ -57,6 +58,7 @@ def results_table(results: Sequence[Result]) -> Table:
             recovered,
             _s(ttr),
             unexpected,
+            "; ".join(r.checks) or "-",
         )
     return table
 
@@ -65,8 +67,8 @@ def markdown_table(results: Sequence[Result]) -> str:
     """The same table for the README."""
     lines = [
         "| scenario | injected | detected | alert | action | recovered | time to recover "
-        "| unexpected |",
-        "|---|---:|---:|---|---|---:|---:|---|",
+        "| unexpected | verified |",
+        "|---|---:|---:|---|---|---:|---:|---|---|",
     ]
     for r in results:
         ttr = (
@@ -81,7 +83,8 @@ def markdown_table(results: Sequence[Result]) -> str:
         unexpected = ", ".join(r.unexpected_alerts + r.unexpected_actions) or "none"
         lines.append(
             f"| {r.name} | {_s(r.injected_at)} | {_s(r.detected_at)} | {r.alert or '-'} "
-            f"| {r.action or '-'} | {recovered} | {_s(ttr)} | {unexpected} |"
+            f"| {r.action or '-'} | {recovered} | {_s(ttr)} | {unexpected} "
+            f"| {'; '.join(r.checks) or '-'} |"
         )
     return "\n".join(lines)
 

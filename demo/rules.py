@@ -105,12 +105,9 @@ def chart_with_current_rules(workdir: Path) -> Path:
     return chart
 
 
-def render_chart_rules(values: Mapping[str, Any], workdir: Path) -> list[dict[str, Any]]:
-    """`helm template` the chart with only its rules enabled; return the rule groups."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    chart = chart_with_current_rules(workdir)
-    values_file = workdir / "demo-values.yaml"
-    values_file.write_text(yaml.safe_dump(dict(values), sort_keys=False))
+def helm_template(chart: Path, workdir: Path, *args: str) -> list[dict[str, Any]]:
+    """`helm template` the chart with `args` (helm's state kept under `workdir`); the rendered
+    documents."""
     env = {
         "HELM_CACHE_HOME": str(workdir / "helm-cache"),
         "HELM_CONFIG_HOME": str(workdir / "helm-config"),
@@ -118,7 +115,7 @@ def render_chart_rules(values: Mapping[str, Any], workdir: Path) -> list[dict[st
         "PATH": "/usr/bin:/bin",
     }
     proc = subprocess.run(
-        [helm_binary(), "template", "inferwatch", str(chart), "-f", str(values_file)],
+        [helm_binary(), "template", "inferwatch", str(chart), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -127,7 +124,16 @@ def render_chart_rules(values: Mapping[str, Any], workdir: Path) -> list[dict[st
     )
     if proc.returncode != 0:
         raise RuntimeError(f"helm template failed:\n{proc.stderr.strip()}")
-    groups = rule_groups(yaml.safe_load_all(proc.stdout))
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def render_chart_rules(values: Mapping[str, Any], workdir: Path) -> list[dict[str, Any]]:
+    """`helm template` the chart with only its rules enabled; return the rule groups."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    chart = chart_with_current_rules(workdir)
+    values_file = workdir / "demo-values.yaml"
+    values_file.write_text(yaml.safe_dump(dict(values), sort_keys=False))
+    groups = rule_groups(helm_template(chart, workdir, "-f", str(values_file)))
     if not groups:
         raise RuntimeError("the chart rendered no PrometheusRule groups")
     return groups
@@ -150,7 +156,8 @@ def demo_overrides(
     min_window: float = 4.0,
     for_overrides: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Chart `rules` values that shorten every window and `for:` found in the default render.
+    """Chart `rules` values that shorten every window, `for:` and `keep_firing_for:` found in the
+    default render.
 
     Replacements are ordered by source duration, shortest first: each replacement yields a shorter
     text than its source, so a later (longer) source can never re-match an earlier output.
@@ -163,11 +170,14 @@ def demo_overrides(
             expr = str(rule.get("expr", ""))
             ranges.update(m.group(0) for m in _RANGE.finditer(expr))
             offsets.update(m.group(0) for m in _OFFSET.finditer(expr))
-            if "alert" in rule and rule.get("for"):
-                short = compress(parse_duration(str(rule["for"])), table)
-                alerts[rule["alert"]] = {"for": format_duration(short)}
+            if "alert" not in rule:
+                continue
+            for key in ("for", "keep_firing_for"):
+                if rule.get(key):
+                    short = compress(parse_duration(str(rule[key])), table)
+                    alerts.setdefault(rule["alert"], {})[key] = format_duration(short)
     for name, value in (for_overrides or {}).items():
-        alerts[name] = {"for": value}
+        alerts.setdefault(name, {})["for"] = value
 
     def window(text: str) -> str:
         return format_duration(max(min_window, compress(parse_duration(text), table)))

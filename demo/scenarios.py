@@ -14,13 +14,16 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 
-from demo.load import LoadGenerator
 from demo.observe import ActionEvent, AlertEvent, Observer, Timeline
 from demo.replica import LIGHT_MODEL, MAIN_MODEL
-from demo.stack import Fleet, Stack, Timings, pid_alive
+from demo.stack import Fleet, Stack, Timings
+from harness.load import LoadGenerator
+from harness.services import pid_alive
+from harness.wait import eventually_async
 
 Hook = Callable[["ScenarioRun"], Awaitable[None]]
 Check = Callable[["ScenarioRun"], Awaitable[bool]]
@@ -48,6 +51,7 @@ class Scenario:
     recover_timeout: float = 90.0
     settle: float = 6.0
     max_intended: int = 1  # times the intended action may run (a swap and its swap back: 2)
+    simulate: str = "default"  # the exporter's GPU simulation (exporter/simulate/scenarios.py)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Result:
     started_at: float = 0.0
     ended_at: float = 0.0
     note: str = ""
+    checks: list[str] = field(default_factory=list)  # what the scenario verified besides recovery
     pids: list[int] = field(default_factory=list)  # every process it started (checked stopped)
 
     def report(self) -> dict[str, object]:
@@ -78,6 +83,7 @@ class Result:
             "recovered": self.recovered,
             "unexpected_alerts": self.unexpected_alerts,
             "unexpected_actions": self.unexpected_actions,
+            "checks": self.checks,
         }
 
 
@@ -108,6 +114,17 @@ class ScenarioRun:
 
     def firing(self, name: str) -> bool:
         return name in self.observer.firing_names()
+
+    def check(self, ok: bool, text: str) -> bool:
+        """Record one verified fact (or its failure) in the result."""
+        self.result.checks.append(text if ok else f"FAILED: {text}")
+        if not ok:
+            self.result.recovered = False
+        return ok
+
+    def on_gpu(self, gpu: str) -> list[str]:
+        """The serving replicas bound to `gpu`."""
+        return [r.target for r in self.stack.replicas() if r.serving and r.labels.get("gpu") == gpu]
 
     def serving(self) -> list[str]:
         return [r.target for r in self.stack.replicas() if r.serving]
@@ -401,7 +418,127 @@ CAPACITY = Scenario(
     max_intended=2,
 )
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (BASELINE, SURGE, SLOW, HUNG, GPU, CAPACITY)}
+
+# -- 7. application-level Xid --------------------------------------------------------------
+
+
+async def _xid13(run: ScenarioRun) -> None:
+    """Xid 13 (graphics engine exception) on GPU 0: NVIDIA's catalog says restart the app."""
+    run.state["untouched"] = {t: run.stack.replica_pid(t) for t in run.on_gpu("1")}
+    run.state["faulted"] = {t: run.stack.replica_pid(t) for t in run.on_gpu("0")}
+    await run.simulate({"action": "xid", "gpu": 0, "xid": 13})
+    run.say("GPU 0: Xid 13, an application's GPU exception (NVIDIA: restart the application)")
+
+
+async def _xid_app_recovered(run: ScenarioRun) -> bool:
+    restarted = any(a.action == "restart" and a.result == "succeeded" for a in run.actions())
+    return (
+        restarted
+        and len(run.on_gpu("0")) >= 1
+        and len(run.serving()) >= run.scenario.fleet.replicas
+        and run.load.errors(3.0) == 0
+        and await run.all_healthy()
+    )
+
+
+async def _xid_app_verify(run: ScenarioRun) -> None:
+    """Only GPU 0's replica restarted (new process); GPU 1's kept its process; no node drain."""
+    faulted = cast(dict[str, int | None], run.state["faulted"])
+    untouched = cast(dict[str, int | None], run.state["untouched"])
+    run.check(
+        bool(faulted)
+        and all(run.stack.replica_pid(t) not in (None, pid) for t, pid in faulted.items()),
+        f"the replica on GPU 0 ({', '.join(faulted) or 'none'}) restarted: a new process",
+    )
+    run.check(
+        bool(untouched) and all(run.stack.replica_pid(t) == pid for t, pid in untouched.items()),
+        f"the replica on GPU 1 ({', '.join(untouched) or 'none'}) kept its process",
+    )
+    drained = [a for a in run.actions() if a.action == "drain_node"]
+    run.check(not drained, "no drain_node: the node kept serving")
+
+
+XID_APPLICATION = Scenario(
+    name="gpu-xid-app",
+    title="Application-level Xid",
+    incident="Xid 13 (graphics engine exception) on one GPU: NVIDIA's Xid catalog resolves it by "
+    "restarting the application, not by resetting the GPU; draining a node for it throws away "
+    "healthy capacity (the hard-coded 'critical Xid' lists this replaces did exactly that).",
+    alert="InferwatchGPUXidApplication",
+    action="restart",
+    concurrency=3,
+    fleet=Fleet(replicas=2, gpus=("0", "1")),
+    simulate="demo",
+    inject=_xid13,
+    recovered=_xid_app_recovered,
+    after_recovery=_xid_app_verify,
+)
+
+
+# -- 8. row remap pending ------------------------------------------------------------------
+
+STICKY_WATCH_S = 10.0  # how long the alert must keep firing after the drain
+
+
+async def _remap(run: ScenarioRun) -> None:
+    await run.simulate({"action": "remap_row", "gpu": 1})
+    run.say("GPU 1: uncorrectable memory error, row remap pending until the GPU is reset")
+
+
+async def _remap_recovered(run: ScenarioRun) -> bool:
+    drained = any(a.action == "drain_node" and a.result == "succeeded" for a in run.actions())
+    return (
+        drained
+        and not run.on_gpu("1")
+        and len(run.serving()) >= run.scenario.fleet.replicas
+        and run.load.errors(3.0) == 0
+        and await run.all_healthy()
+    )
+
+
+async def _remap_sticky(run: ScenarioRun) -> None:
+    """The alert keeps firing after the drain while the remap is pending; the GPU reset (what
+    the operator does on the drained node) clears it."""
+    alert = run.scenario.alert or ""
+
+    async def stopped_firing(r: ScenarioRun) -> bool:
+        return not r.firing(alert)
+
+    ended_early = await _watch(run, STICKY_WATCH_S, stopped_firing)
+    run.check(not ended_early, f"{alert} still firing {STICKY_WATCH_S:.0f}s after the drain")
+    await run.simulate({"action": "reset_gpu", "gpu": 1})
+    reset_at = run.timeline.mark(run.scenario.name, "GPU reset")
+    run.say("GPU 1 reset: the pending remap is applied")
+    resolved = await _watch(run, run.scenario.recover_timeout, stopped_firing)
+    after = run.timeline.now() - reset_at
+    run.check(resolved, f"{alert} resolved after the GPU reset ({after:.0f}s later)")
+
+
+async def _remap_cleanup(run: ScenarioRun) -> None:
+    with contextlib.suppress(RuntimeError, aiohttp.ClientError):
+        await run.simulate({"action": "reset_gpu", "gpu": 1})
+
+
+ROW_REMAP = Scenario(
+    name="gpu-row-remap",
+    title="Row remap pending",
+    incident="An uncorrectable HBM error on an H100: the GPU remaps the row, but the remap takes "
+    "effect only at the next GPU reset, and NVML's recovery action says so. Until then the GPU "
+    "must not take work back; an alert that resolves on a timer would let it.",
+    alert="InferwatchGPURecoveryRequired",
+    action="drain_node",
+    concurrency=3,
+    fleet=Fleet(replicas=2, gpus=("0", "1")),
+    simulate="demo",
+    inject=_remap,
+    recovered=_remap_recovered,
+    after_recovery=_remap_sticky,
+    cleanup=_remap_cleanup,
+)
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s for s in (BASELINE, SURGE, SLOW, HUNG, GPU, CAPACITY, XID_APPLICATION, ROW_REMAP)
+}
 
 
 # -- the runner ----------------------------------------------------------------------------
@@ -410,13 +547,19 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (BASELINE, SURGE, SLOW, HUN
 async def _wait_for_data(run: ScenarioRun, limit_s: float) -> None:
     """Until Prometheus has scraped every replica through the exporter."""
     want = len(run.serving())
-    for _ in range(int(limit_s)):
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, KeyError, IndexError):
-            up = await run.observer.query(run.session, "sum(inferwatch_llm_up)")
-            if up is not None and up >= want:
-                return
-        await asyncio.sleep(1.0)
-    raise TimeoutError(f"Prometheus saw no data from {want} replicas in {limit_s}s")
+    prometheus = run.observer.prometheus
+
+    def scraped() -> bool:
+        up = prometheus.value("sum(inferwatch_llm_up)")
+        return up is not None and up >= want
+
+    await eventually_async(
+        lambda: asyncio.to_thread(scraped),
+        within=limit_s,
+        what=f"Prometheus has data from {want} replicas",
+        interval=1.0,
+        ignore=(OSError, ValueError, KeyError),
+    )
 
 
 async def _watch(run: ScenarioRun, seconds: float, until: Check | None = None) -> bool:
@@ -455,9 +598,15 @@ async def run_scenario(
 ) -> Result:
     """One scenario on a fresh stack; always stops every process it started."""
     result = Result(scenario.name, started_at=timeline.now())
-    stack = Stack(workdir / scenario.name, timings=timings, fleet=scenario.fleet, say=say)
+    stack = Stack(
+        workdir / scenario.name,
+        timings=timings,
+        fleet=scenario.fleet,
+        simulate=scenario.simulate,
+        say=say,
+    )
     try:
-        await asyncio.to_thread(stack.start)
+        await stack.start()
 
         async with (
             LoadGenerator(
@@ -485,7 +634,7 @@ async def run_scenario(
                 on_run(None)
                 _classify(run)
     finally:
-        await asyncio.to_thread(stack.stop)
+        await stack.stop_async()
         result.ended_at = timeline.now()
         result.pids = stack.all_pids()
     return result

@@ -1,5 +1,6 @@
-"""The whole loop on 127.0.0.1: config files, then Alertmanager, the remediator (which starts the
-engine replicas through its local backend), the exporter and Prometheus, stopped in reverse.
+"""The demo's loop on 127.0.0.1, built with the harness' loopback stack: config files, then
+Alertmanager, the remediator (which starts the engine replicas through its local backend), the
+exporter and Prometheus, stopped in reverse.
 
 Every process the demo starts, directly or through the remediator, is tracked by PID so that
 `Stack.stop()` can prove nothing is left behind (the e2e test checks the same list).
@@ -7,15 +8,13 @@ Every process the demo starts, directly or through the remediator, is tracked by
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import os
 import secrets
 import signal
-import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,21 +22,16 @@ from typing import Any
 import yaml
 
 from demo import rules as demo_rules
-from demo import services
 from demo.replica import LIGHT_MODEL, MAIN_MODEL
+from harness import services
+from harness.files import read_file_sd
+from harness.services import cmdline, descendants, pid_alive
+from harness.stack import LoopbackStack, scrape_job
+from harness.wait import eventually_async
 
 NODE = "demo-node"
 DEFAULT_PLAYBOOKS = demo_rules.REPO / "remediations" / "playbooks" / "default.yaml"
 DEPLOYMENT = "chat"
-
-
-_ACTIVE: list[Stack] = []  # stacks started and not yet stopped, for stop_all()
-
-
-def stop_all() -> None:
-    """Stop every stack still running (the demo's last line of defence on Ctrl-C or a crash)."""
-    for stack in list(_ACTIVE):
-        stack.stop()
 
 
 @dataclass(frozen=True)
@@ -57,9 +51,13 @@ class Timings:
     # to add a replica first (in production 30m of backlog vs 5m). LatencyDrift compares with
     # its own past (`offset 1d` -> 35 s): its `for` must stay a small part of that offset, as
     # 30m is of 1d, or the baseline fills with degraded data before the alert fires.
+    # PrefixCacheHitRatioDrop judges a 30m ratio against its best: compressed to 15 s, that window
+    # holds a handful of requests whose hit ratio swings with each prompt, so its `for` must span
+    # more than one window (30m of `for` after a 30m window holds thousands of requests).
     for_overrides: dict[str, str] = field(
         default_factory=lambda: {
             "InferwatchLLMLatencyDrift": "4s",
+            "InferwatchLLMPrefixCacheHitRatioDrop": "45s",
             "InferwatchLLMEngineDown": "12s",
             "InferwatchLLMCapacityExhausted": "12s",
         }
@@ -96,67 +94,6 @@ class Fleet:
     gpus: tuple[str, ...] = ("0", "1")
 
 
-def free_port_block(size: int, start: int = 20000, stop: int = 60000) -> tuple[int, int]:
-    """A run of `size` consecutive ports on 127.0.0.1 that nothing listens on right now."""
-    base = start + secrets.randbelow((stop - start) // size) * size
-    for offset in range(0, stop - start, size):
-        low = start + (base - start + offset) % (stop - start - size)
-        ok = True
-        for port in range(low, low + size):
-            with socket.socket() as s:
-                try:
-                    s.bind((services.LOOPBACK, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return low, low + size - 1
-    raise RuntimeError(f"no {size} consecutive free ports on {services.LOOPBACK}")
-
-
-def _proc_children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name in parentheses may contain spaces; fields after it are fixed.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    tree = _proc_children()
-    found: list[int] = []
-    stack = list(tree.get(pid, []))
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack += tree.get(child, [])
-    return found
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a running or stopped process; False for gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def is_engine(argv: list[str]) -> bool:
     """A demo replica: the launcher before it execs, or llama-server after."""
     return "demo.replica" in argv or (bool(argv) and Path(argv[0]).name == "llama-server")
@@ -183,20 +120,8 @@ class Replica:
         return f"http://{self.target}"
 
 
-def read_file_sd(path: Path) -> list[tuple[str, dict[str, str]]]:
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    out = []
-    for entry in entries if isinstance(entries, list) else []:
-        for target in entry.get("targets", []):
-            out.append((str(target), {str(k): str(v) for k, v in entry.get("labels", {}).items()}))
-    return out
-
-
-class Stack:
-    """Configs + processes of one demo run. `start()` blocks until everything is ready."""
+class Stack(LoopbackStack):
+    """Configs + processes of one demo run. `await start()` returns once everything is ready."""
 
     def __init__(
         self,
@@ -206,30 +131,30 @@ class Stack:
         fleet: Fleet | None = None,
         simulate: str = "default",
         say: Callable[[str], None] = lambda _: None,
+        static_engines: Sequence[dict[str, Any]] = (),
+        canary_seconds: float | None = None,
     ) -> None:
-        self.workdir = workdir
+        """`static_engines`: llm targets the exporter scrapes besides the replicas (the
+        dashboard previews add replayed vLLM captures); `canary_seconds`: probe every replica
+        with a canary completion that often (off in the demo: it would add load)."""
+        super().__init__(workdir)
         self.timings = timings or Timings()
         self.fleet = fleet or Fleet()
         self.simulate = simulate
         self.say = say
-        self.ports = {
-            name: services.free_port()
-            for name in ("prometheus", "alertmanager", "remediator", "exporter")
-        }
-        self.processes: list[services.ManagedProcess] = []
+        self.static_engines = list(static_engines)
+        self.canary_seconds = canary_seconds
+        for name in ("prometheus", "alertmanager", "remediator", "exporter"):
+            self.port(name)
         self.replica_pids: dict[int, list[str]] = {}  # every engine PID seen, with its argv
         self.endpoint_file = workdir / "endpoints.json"
         self.scrape_file = workdir / "scrape-targets.json"
         self.token = secrets.token_urlsafe(24)
         self.rule_overrides: dict[str, Any] = {}
 
-    # -- URLs ------------------------------------------------------------------------------
-    def url(self, name: str) -> str:
-        return f"http://{services.LOOPBACK}:{self.ports[name]}"
-
     @property
     def remediator(self) -> services.ManagedProcess | None:
-        return next((p for p in self.processes if p.name == "remediator"), None)
+        return self.process("remediator")
 
     # -- config files ----------------------------------------------------------------------
     def write_configs(self) -> None:
@@ -245,38 +170,22 @@ class Stack:
             extra_alert_overrides=t.alert_overrides,
         )
         self.write_playbooks(w / "playbooks.yaml")
-        prom = {
-            "global": {
-                "scrape_interval": f"{t.scrape_interval:g}s",
-                "scrape_timeout": f"{t.scrape_interval:g}s",
-                "evaluation_interval": f"{t.eval_interval:g}s",
-            },
-            "rule_files": [str(w / "rules.yaml")],
-            "alerting": {
-                "alertmanagers": [
-                    {"static_configs": [{"targets": [f"127.0.0.1:{self.ports['alertmanager']}"]}]}
-                ]
-            },
-            "scrape_configs": [
-                {
-                    "job_name": "inferwatch-exporter",
-                    "honor_labels": True,
-                    "static_configs": [
-                        {
-                            "targets": [f"127.0.0.1:{self.ports['exporter']}"],
-                            "labels": {"node": NODE},
-                        }
-                    ],
-                },
-                {
-                    "job_name": "inferwatch-remediator",
-                    "static_configs": [{"targets": [f"127.0.0.1:{self.ports['remediator']}"]}],
-                },
+        assert t.scrape_interval == t.eval_interval, "one interval for scrapes and rules"
+        self.prometheus_config(
+            [
+                scrape_job(
+                    "inferwatch-exporter",
+                    [self.address("exporter")],
+                    {"node": NODE},
+                    honor_labels=True,
+                ),
+                scrape_job("inferwatch-remediator", [self.address("remediator")]),
             ],
-        }
-        (w / "prometheus.yml").write_text(yaml.safe_dump(prom, sort_keys=False))
-        (w / "token").write_text(self.token + "\n")
-        os.chmod(w / "token", 0o600)
+            [w / "rules.yaml"],
+            interval=t.scrape_interval,
+            alertmanager="alertmanager",
+        )
+        self.write("token", self.token + "\n", mode=0o600)
         am = {
             "route": {
                 "receiver": "log-only",
@@ -319,11 +228,11 @@ class Stack:
                 },
             ],
         }
-        (w / "alertmanager.yml").write_text(yaml.safe_dump(am, sort_keys=False))
-        low, high = free_port_block(max(8, self.fleet.max_replicas * 2))
+        self.write("alertmanager.yml", am)
+        low, high = services.free_port_block(max(8, self.fleet.max_replicas * 2))
         f = self.fleet
         remediator = {
-            "listen": f"127.0.0.1:{self.ports['remediator']}",
+            "listen": self.address("remediator"),
             "token_file": str(w / "token"),
             "state": str(w / "remediator.db"),
             "playbooks": str(w / "playbooks.yaml"),
@@ -362,21 +271,26 @@ class Stack:
                 ],
             },
         }
-        (w / "remediator.yaml").write_text(yaml.safe_dump(remediator, sort_keys=False))
+        self.write("remediator.yaml", remediator)
+        llm: dict[str, Any] = {
+            "interval_seconds": t.collector_interval,
+            "timeout_seconds": max(0.5, t.collector_interval * 0.9),
+            "target_timeout_seconds": max(0.3, t.collector_interval * 0.5),
+            "file_sd": [str(self.scrape_file)],
+        }
+        if self.static_engines:
+            llm["targets"] = self.static_engines
+        if self.canary_seconds is not None:
+            llm["canary"] = {"enabled": True, "interval_seconds": self.canary_seconds}
         exporter = {
             "log_level": "warning",
             "collectors": {
                 "gpu": {"interval_seconds": t.collector_interval},
                 "cuda_allocator": {"interval_seconds": t.collector_interval},
-                "llm": {
-                    "interval_seconds": t.collector_interval,
-                    "timeout_seconds": max(0.5, t.collector_interval * 0.9),
-                    "target_timeout_seconds": max(0.3, t.collector_interval * 0.5),
-                    "file_sd": [str(self.scrape_file)],
-                },
+                "llm": llm,
             },
         }
-        (w / "exporter.yaml").write_text(yaml.safe_dump(exporter, sort_keys=False))
+        self.write("exporter.yaml", exporter)
 
     def write_playbooks(self, path: Path) -> None:
         """The remediator's default playbooks with their waits shortened to the demo's clock."""
@@ -389,23 +303,21 @@ class Stack:
                     params[key] = short[key]
             if "cooldown_seconds" in book:
                 book["cooldown_seconds"] = short["cooldown_seconds"]
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.write(path.name, doc)
 
     # -- processes -------------------------------------------------------------------------
-    def _start(self, proc: services.ManagedProcess, timeout: float = 60.0) -> None:
-        self.processes.append(proc)
-        proc.start(ready_timeout=timeout)
-
-    def start(self) -> None:
-        _ACTIVE.append(self)
-        self.write_configs()
+    async def start(self) -> None:
+        """Configs, then every process in order; returns once all are ready."""
+        await asyncio.to_thread(self.write_configs)  # helm template: a subprocess
         w = self.workdir
         bin_dir = Path(sys.executable).parent
         repo_env = {"PYTHONPATH": str(demo_rules.REPO)}
         self.say("starting Alertmanager")
-        self._start(services.alertmanager(w / "alertmanager.yml", w, self.ports["alertmanager"]))
+        await self.start_process_async(
+            services.alertmanager(w / "alertmanager.yml", w, self.port("alertmanager"))
+        )
         self.say(f"starting the remediator (local backend) with {self.fleet.replicas} replicas")
-        self._start(
+        await self.start_process_async(
             services.ManagedProcess(
                 "remediator",
                 [str(bin_dir / "inferwatch-remediator"), "--config", str(w / "remediator.yaml")],
@@ -414,35 +326,35 @@ class Stack:
                 env=repo_env,
                 cwd=demo_rules.REPO,
             ),
-            timeout=120,
+            limit_s=120,
         )
-        self.wait_replicas(self.fleet.replicas, timeout=120)
+        await self.wait_replicas(self.fleet.replicas, limit_s=120)
         self.say(f"starting the exporter (--simulate {self.simulate})")
-        self._start(
+        await self.start_process_async(
             services.exporter(
-                w, self.ports["exporter"], simulate=self.simulate, config=w / "exporter.yaml"
+                w, self.port("exporter"), simulate=self.simulate, config=w / "exporter.yaml"
             )
         )
         self.say("starting Prometheus (its first scrape comes about 5 s after start)")
-        self._start(services.prometheus(w / "prometheus.yml", w, self.ports["prometheus"]))
+        await self.start_process_async(self.prometheus_process())
 
     def replicas(self) -> list[Replica]:
         serving = {t for t, _ in read_file_sd(self.endpoint_file)}
         seen = read_file_sd(self.scrape_file) or read_file_sd(self.endpoint_file)
         return [Replica(t, labels, t in serving) for t, labels in seen]
 
-    def wait_replicas(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready = [r for r in self.replicas() if r.serving]
-            if len(ready) >= count and all(services.http_ok(f"{r.url}/health") for r in ready):
-                self.track_replicas()
-                return
+    async def wait_replicas(self, count: int, limit_s: float) -> None:
+        def serving() -> bool:
             rem = self.remediator
             if rem is not None and not rem.alive():
                 raise RuntimeError(f"the remediator exited:\n{rem.tail()}")
-            time.sleep(0.2)
-        raise TimeoutError(f"{count} replicas not serving after {timeout}s:\n{self.replicas()}")
+            ready = [r for r in self.replicas() if r.serving]
+            return len(ready) >= count and all(services.http_ok(f"{r.url}/health") for r in ready)
+
+        await eventually_async(
+            lambda: asyncio.to_thread(serving), limit_s, f"{count} replicas serving", interval=0.2
+        )
+        self.track_replicas()
 
     def track_replicas(self) -> None:
         """Remember every engine process the remediator started (for cleanup and checks)."""
@@ -480,23 +392,20 @@ class Stack:
 
     def stop(self) -> None:
         """Stop in reverse start order; then end any engine the remediator left behind."""
-        if self in _ACTIVE:
-            _ACTIVE.remove(self)
         self.track_replicas()
-        for proc in reversed(self.processes):
-            with contextlib.suppress(Exception):
-                proc.stop(timeout=10)
+        super().stop()
+        self._kill_leftover_engines()
+
+    async def stop_async(self) -> None:
+        """`stop` without blocking the event loop."""
+        self.track_replicas()
+        await super().stop_async()
+        self._kill_leftover_engines()
+
+    def _kill_leftover_engines(self) -> None:
         for pid in self.replica_pids:
             # Only a process that still runs an engine (PIDs can be reused).
             if pid_alive(pid) and is_engine(cmdline(pid)):
                 for sig in (signal.SIGCONT, signal.SIGKILL):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, sig)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Stack]:
-        try:
-            self.start()
-            yield self
-        finally:
-            self.stop()

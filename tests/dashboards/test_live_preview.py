@@ -8,10 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dashboards import live_preview as lp
 from dashboards.panels import GRID_COLUMNS, Json
-from demo import services
+from harness import services
+from harness.prometheus import Prometheus
+from harness.stack import LoopbackStack, scrape_job
+from harness.wait import TRANSIENT, eventually
 
 WINDOW = lp.Window(start=1000.0, end=1090.0, step=1.0)
 
@@ -107,20 +111,38 @@ def test_panels_without_series_are_drawn_as_no_data(
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def rules_every_evaluation(tmp_path: Path) -> list[Path]:
+    """The rule files with their groups' own `interval` dropped, so every group runs at the
+    stack's 1 s evaluation interval (the GPU groups ask for 10 s in production)."""
+    out = []
+    for path in sorted(lp.RULES.glob("*.rules.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        for group in doc["groups"]:
+            group.pop("interval", None)
+        copy = tmp_path / path.name
+        copy.write_text(yaml.safe_dump(doc, sort_keys=False))
+        out.append(copy)
+    return out
+
+
 @pytest.mark.integration
 def test_queries_evaluate_against_a_real_prometheus_fed_by_the_simulator(
     dashboards: dict[str, Json], tmp_path: Path
 ) -> None:
     """Every query runs without error once macros are replaced; GPU panels get real series."""
-    exporter_port, prom_port = services.free_port(), services.free_port()
-    lp._prometheus_config(
-        tmp_path / "prometheus.yml", exporter_port, sorted(lp.RULES.glob("*.rules.yaml"))
-    )
-    exporter = services.exporter(tmp_path, exporter_port)
-    with exporter, services.prometheus(tmp_path / "prometheus.yml", tmp_path, prom_port):
-        prom = lp.Prometheus(f"http://{services.LOOPBACK}:{prom_port}")
-        lp._wait_for_series(prom, "uuid:inferwatch_gpu_up:max", timeout=20)
-        time.sleep(3)  # a few samples, so rates have two points
+    with LoopbackStack(tmp_path).stopped_at_exit() as stack:
+        stack.start_process(services.exporter(tmp_path, stack.port("exporter")))
+        job = scrape_job("inferwatch-exporter", [stack.address("exporter")], honor_labels=True)
+        stack.prometheus_config([job], rules_every_evaluation(tmp_path))
+        stack.start_process(stack.prometheus_process())
+        prom = Prometheus(stack.url("prometheus"))
+        # Rates need two samples of each series inside the window.
+        eventually(
+            lambda: prom.query("count_over_time(uuid:inferwatch_gpu_up:max[10s]) >= 3"),
+            within=30,
+            what="three evaluations of the GPU rules",
+            ignore=TRANSIENT,
+        )
         window = lp.Window(time.time() - 10, time.time())
         results = {
             (uid, p["title"]): lp.evaluate(p, prom, window)

@@ -10,13 +10,15 @@ import shutil
 
 import pytest
 
-from demo import services
 from demo.observe import Timeline
 from demo.replica import LIGHT_MODEL, MAIN_MODEL, model_path
 from demo.scenarios import SCENARIOS, Result, Scenario, run_scenario
-from demo.stack import pid_alive
+from harness import services
+from harness.services import pid_alive
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+# A scenario's own waits are bounded (data, detection, action and recovery: 30 + 3 x 90 s at
+# most, plus the stack's start and stop), well past the suite's default per-test timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def _missing() -> list[str]:
@@ -36,14 +38,14 @@ requires_stack = pytest.mark.skipif(
 )
 
 # The shortest safe timings: long enough for Prometheus' first scrape, the rules' shortened
-# windows and one remediation; recovery bounds leave room for a loaded 2-core CI machine.
+# windows and one remediation. How fast it detects and recovers is measured by bench/demo.py,
+# not asserted here: the scenario's own bounded waits decide only whether it healed.
 E2E: dict[str, Scenario] = {
     "baseline": dataclasses.replace(SCENARIOS["baseline"], warmup=10.0, duration=25.0),
     "surge": dataclasses.replace(SCENARIOS["surge"], warmup=12.0, settle=4.0),
     "hung-replica": dataclasses.replace(SCENARIOS["hung-replica"], warmup=10.0, settle=4.0),
     "gpu-failure": dataclasses.replace(SCENARIOS["gpu-failure"], warmup=8.0, settle=4.0),
 }
-RECOVERY_BOUND_S = 75.0
 
 
 async def _run(name: str, tmp_path: object) -> tuple[Scenario, Result, Timeline]:
@@ -73,7 +75,7 @@ async def test_healthy_baseline_fires_nothing_and_takes_no_action(tmp_path):
 
 @requires_stack
 @pytest.mark.parametrize("name", ["surge", "hung-replica", "gpu-failure"])
-async def test_fault_is_detected_remediated_once_and_recovers(name, tmp_path):
+async def test_fault_is_detected_remediated_once_and_recovers(name, tmp_path, record_property):
     scenario, result, timeline = await _run(name, tmp_path)
     assert result.injected_at is not None
     assert result.alert in {scenario.alert, *scenario.also_detects}, result.note
@@ -85,6 +87,8 @@ async def test_fault_is_detected_remediated_once_and_recovers(name, tmp_path):
     assert [(a.action, a.result) for a in intended] == [(scenario.action, "succeeded")]
     assert result.recovered, result.note
     assert result.recovered_at is not None
-    assert result.recovered_at - result.injected_at < RECOVERY_BOUND_S
+    # Durations are recorded (JUnit XML properties), never asserted.
+    record_property("detect_s", round(result.detected_at - result.injected_at, 1))
+    record_property("recover_s", round(result.recovered_at - result.injected_at, 1))
     assert result.unexpected_actions == []
     _assert_all_stopped(result)
