@@ -1,8 +1,9 @@
 """cuda_allocator collector on a directory of 5,000 probe files, against a json.loads floor.
 
 Floor: reading and json-parsing every file in a plain loop (what any reader must do once).
-Cold: the collector's first refresh (scan, parse, liveness check in /proc, families). Every
-file names this bench's own pid, so the /proc liveness check reads a real entry.
+Cold: the collector's first refresh (scan, parse, process identity, families). Each file is
+its own process (one file per process: a second file for one process is skipped as a copy), in
+a pid namespace other than the exporter's, as inference containers on a node appear to it.
 Warm: later refreshes with the files unchanged (parses cached by mtime and size).
 Also: the probe's own Python-side cost to reduce a 20,000-block memory_snapshot().
 """
@@ -28,16 +29,17 @@ MiB = 1024 * 1024
 
 
 def _write_files(probes: Path) -> None:
-    """FILES probe files of live processes (all this one: its /proc entry is real), one GPU each."""
+    """FILES probe files of distinct processes in another pid namespace, one GPU each."""
     probes.mkdir()
     identity = process_identity()
     simulator = ProbeFileSimulator(probes, [])
     now = time.time()
     for i in range(FILES):
         uuid = f"GPU-{i:08x}-0000-0000-0000-000000000000"
-        doc = simulator.document(identity["pid"], uuid, 0.0, now)
-        doc.update(identity)
-        (probes / f"node{i}-{identity['pid']}{files.SUFFIX}").write_text(json.dumps(doc))
+        pid = 100 + i
+        doc = simulator.document(pid, uuid, 0.0, now)
+        doc.update(identity, pid=pid, pid_namespace="pid:[4026500000]")
+        (probes / f"node{i}-{pid}{files.SUFFIX}").write_text(json.dumps(doc))
 
 
 def _floor(probes: Path) -> float:
