@@ -8,6 +8,7 @@ both built from this; `stop_all` is the last line of defence on Ctrl-C or a cras
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import yaml
 from harness import services
 from harness.files import write_atomic
 from harness.services import LOOPBACK, ManagedProcess
+
+log = logging.getLogger(__name__)
 
 _ACTIVE: list[LoopbackStack] = []  # stacks started and not yet stopped
 
@@ -120,16 +123,20 @@ class LoopbackStack:
         if self in _ACTIVE:
             _ACTIVE.remove(self)
         for proc in reversed(self.processes):
-            with contextlib.suppress(Exception):
+            try:
                 proc.stop(timeout=10)
+            except Exception:
+                log.exception("could not stop %s", proc.name)
 
     async def stop_async(self) -> None:
         """`stop` without blocking the event loop."""
         if self in _ACTIVE:
             _ACTIVE.remove(self)
         for proc in reversed(self.processes):
-            with contextlib.suppress(Exception):
+            try:
                 await proc.stop_async(10)
+            except Exception:
+                log.exception("could not stop %s", proc.name)
 
     @contextlib.contextmanager
     def stopped_at_exit(self) -> Iterator[LoopbackStack]:

@@ -123,6 +123,7 @@ class Remediator:
                 self.state.report_unavailable(exc)
                 asyncio.get_running_loop().call_later(1.0, self.queue.put_nowait, alert)
             except Exception:
+                self.metrics.errors.labels("worker").inc()
                 log.exception("unexpected error handling alert %s", alert.alertname)
             finally:
                 self.queue.task_done()

@@ -11,7 +11,7 @@ RESULTS = ("succeeded", "failed", "dry_run", "blocked")
 ACTIONS = tuple(REGISTERED)  # every registered action gets its series from the start
 # Alert start to action: Prometheus evaluation, Alertmanager group_wait, guards; then rollouts.
 LATENCY_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
-ERROR_PLACES = ("record_event", "resolve_resolved_target", "swap_back", "restore_minimum")
+ERROR_PLACES = ("record_event", "resolve_resolved_target", "swap_back", "restore_minimum", "worker")
 
 
 class Metrics:
