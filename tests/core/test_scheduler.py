@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collectors.base import Collector, CollectorContext, CollectorSettings, NoDataError
 from exporter.scheduler import Scheduler, refresh_once, run_forever
 from exporter.snapshot import SnapshotStore
+from harness.wait import eventually_async
 
 CONTEXT = CollectorContext(http=None, nvml=None)  # type: ignore[arg-type]  # unused by these
 
@@ -106,7 +107,7 @@ async def test_background_loops_never_overlap_and_stop_cleanly() -> None:
     store = SnapshotStore(["slow"])
     scheduler = Scheduler([slow], store)
     await scheduler.start()
-    await asyncio.sleep(0.2)
+    await eventually_async(lambda: slow.calls >= 3, within=10, what="3 refreshes", interval=0.01)
     await scheduler.stop()
     assert slow.calls >= 3
     assert peak == 1
@@ -241,11 +242,17 @@ async def test_an_abandoned_refresh_never_overlaps_the_next_one() -> None:
     store = SnapshotStore(["b"])
     assert not await refresh_once(c, store)  # abandoned while its thread still runs
     second = asyncio.create_task(refresh_once(c, store))
-    await asyncio.sleep(0.02)
-    assert not second.done()  # queued behind the abandoned job, not beside it
+    # The second job is either waiting in the collector's own queue (right) or already running
+    # beside the abandoned one (wrong: `overlapped`); release the first only once it is one of them.
+    await eventually_async(
+        lambda: running > 1 or (c._executor is not None and c._executor._work_queue.qsize() > 0),
+        within=10,
+        what="the second job submitted",
+        interval=0.01,
+    )
     release.set()
     await second
-    assert not overlapped
+    assert not overlapped  # the second job queued behind the abandoned one, never beside it
     c.shutdown_executor()
 
 
