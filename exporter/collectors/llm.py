@@ -37,6 +37,7 @@ from exporter.engines.fetch import (
     read_body,
 )
 from exporter.engines.normalize import Families, Group, Normalized, normalize_text
+from exporter.engines.offload import NormalizerDied, NormalizerProcess
 from exporter.engines.parser import ParseError, reject_non_exposition
 from exporter.engines.registry import ENGINES, EngineNotDetected, detect_engine
 from exporter.engines.schema import (
@@ -78,6 +79,13 @@ class LlmSettings(CollectorSettings):
         "rest of a larger exposition is counted as dropped, not parsed.",
     )
     max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    process_normalize_bytes: int = Field(
+        512 * 1024,
+        ge=0,
+        description="Expositions of at least this many bytes are normalized in a helper "
+        "process (started on first need), so their parse never holds the GIL that /metrics "
+        "needs; smaller ones on the collector's thread. 0: every exposition.",
+    )
     info_refresh_seconds: float = Field(
         300.0, gt=0, description="How often to re-read the engine's info endpoint."
     )
@@ -133,6 +141,7 @@ class LlmCollector(Collector[LlmSettings]):
 
             self._pods = PodWatcher(settings.kubernetes)
         self._states: dict[str, TargetState] = {}
+        self._normalizer = NormalizerProcess(f"collector {self.name}")
 
     async def start(self) -> None:
         """Kubernetes discovery (if enabled) runs from here until close()."""
@@ -163,6 +172,7 @@ class LlmCollector(Collector[LlmSettings]):
                 await state.canary.stop()
         if self._pods is not None:
             await self._pods.stop()
+        self._normalizer.close()
 
     async def _sync_states(self, targets: list[Target]) -> None:
         wanted = {t.name: t for t in targets}
@@ -209,6 +219,7 @@ class LlmCollector(Collector[LlmSettings]):
             ResponseError,
             ParseError,
             EngineNotDetected,
+            NormalizerDied,
         ) as exc:
             error = describe(exc)
         except Exception as exc:
@@ -229,34 +240,54 @@ class LlmCollector(Collector[LlmSettings]):
 
     async def _collect(self, state: TargetState) -> Normalized:
         target = state.target
-        text = await self._fetch_metrics(target.metrics_url)
-        # CPU work on the collector's thread: a 2 MB exposition must not delay /metrics.
-        engine = await self.run_blocking(engine_of, text, target.engine)
-        state.engine = engine
-        await self._refresh_info(state, engine)
+        body = await self._fetch_metrics(target.metrics_url)
+        in_process = self._in_process(len(body))
+        engine = target.engine
+        if not in_process:
+            # The engine first (a few string searches, off the loop), so that its info endpoint
+            # (the model name) is read before the text is normalized.
+            engine = state.engine = await self.run_blocking(engine_of, body, target.engine)
+            await self._refresh_info(state, engine)
         normalize = functools.partial(
             normalize_text,
-            text,
+            body,  # decoded where it is parsed: on the thread, or in the process
             engine,
             target=target.name,
             info=state.info,
             model=target.model,
-            extra_labels=target.labels,
+            extra_labels=dict(target.labels),
             max_samples=self.settings.max_parsed_samples_per_target,
         )
-        result = await self.run_blocking(normalize)
+        if in_process:
+            # Checked, detected and parsed there: this process never scans the big body. The
+            # info read now serves the next refresh (a big target's first refresh ran on the
+            # thread, so its model name was known from the start).
+            result = await self._normalizer.run(normalize)
+            state.engine = result.engine
+            await self._refresh_info(state, result.engine)
+        else:
+            result = await self.run_blocking(normalize)
         state.models = [m for m in result.models if m]
         return result
 
-    async def _fetch_metrics(self, url: str) -> str:
+    def _in_process(self, size: int) -> bool:
+        """Whether to normalize in the helper process (exporter.engines.offload): a big
+        exposition once that process runs; the first big one starts it and stays on the thread."""
+        if size < self.settings.process_normalize_bytes:
+            return False
+        if self._normalizer.ready:
+            return True
+        self._normalizer.start()
+        return False
+
+    async def _fetch_metrics(self, url: str) -> bytearray:
         headers = {"Accept": ACCEPT}
         async with self.context.http.get(url, headers=headers, max_redirects=MAX_REDIRECTS) as resp:
             if resp.status != 200:
                 raise ScrapeError(f"HTTP {resp.status} from {url}")
             if "html" in resp.headers.get("Content-Type", ""):
                 raise ParseError(f"{url} answered with HTML, not a Prometheus exposition")
-            body = await read_body(resp, self.settings.max_response_bytes)
-        return body.decode("utf-8", errors="replace")
+            return await read_body(resp, self.settings.max_response_bytes)
 
     async def _refresh_info(self, state: TargetState, engine: str) -> None:
         """Model and version from the engine's info endpoint; failures keep what we had."""
@@ -344,7 +375,7 @@ def merge_families(results: list[list[Group]]) -> list[Metric]:
     return families.metrics()
 
 
-def engine_of(text: str, configured: str) -> str:
+def engine_of(text: bytearray, configured: str) -> str:
     """The engine of an exposition (checked to be one): as configured, or detected."""
     reject_non_exposition(text)
     if configured != "auto":

@@ -93,7 +93,7 @@ def report(result: Normalized, detected: bool, out: TextIO) -> None:
     models = ", ".join(m or '""' for m in result.models)
     print(f"engine: {result.engine} ({how}); model: {models}", file=out)
     for name, source in result.hits.items():
-        print(f"  hit      {SPECS[name].key:<52} <- {source.describe()}", file=out)
+        print(f"  hit      {SPECS[name].key:<52} <- {source}", file=out)
     for spec in result.missing:
         print(f"  missing  {spec.key}", file=out)
     print(

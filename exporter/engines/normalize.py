@@ -49,13 +49,15 @@ class Group:
 
 @dataclass
 class Normalized:
-    """The outcome for one target's exposition."""
+    """The outcome for one target's exposition: plain data, so it can come back from the
+    process that normalizes big expositions (specs pickle by name)."""
 
     engine: str
     target: str
     groups: list[Group] = field(default_factory=list)
     status: list[Group] = field(default_factory=list)
-    hits: dict[str, Source] = field(default_factory=dict)
+    hits: dict[str, str] = field(default_factory=dict)
+    """Per mapped metric, the source it was read from (`Source.describe()`)."""
     missing: list[Spec] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     dropped: int = 0
@@ -229,7 +231,7 @@ def normalize_exposition(
         if chosen is None:
             result.missing.append(spec)
             continue
-        result.hits[spec.name] = chosen
+        result.hits[spec.name] = chosen.describe()
         for source in (chosen, *chosen.companions):
             result.groups.extend(builder.build(spec, source))
     result.dropped += builder.dropped
@@ -246,7 +248,7 @@ def normalize_exposition(
 
 
 def normalize_text(
-    text: str,
+    text: str | bytes | bytearray,
     engine: str = "auto",
     *,
     target: str,
@@ -258,7 +260,10 @@ def normalize_text(
     """Detect (if auto), parse only what the mapping needs (at most `max_samples`), normalize.
 
     Raises ParseError for text that is no exposition, EngineNotDetected when auto finds no engine.
+    A body (bytes) is decoded here, off the event loop, invalid UTF-8 replaced.
     """
+    if not isinstance(text, str):
+        text = text.decode("utf-8", errors="replace")
     reject_non_exposition(text)
     if engine == "auto":
         detected = detect_engine(text)

@@ -106,12 +106,12 @@ def _parse_value(rest: str) -> float | str:
     return value
 
 
-def reject_non_exposition(text: str) -> None:
+def reject_non_exposition(text: str | bytes | bytearray) -> None:
     """Raise ParseError for what is plainly no exposition: an HTML page (login proxy, error
-    page of a gateway) or binary data."""
-    if text.lstrip()[:1] == "<":
+    page of a gateway) or binary data. Bytes too: a big body is checked before it is decoded."""
+    if text[:4096].lstrip()[:1] in ("<", b"<"):  # a prefix: never a copy of the whole body
         raise ParseError("response is HTML/XML, not a Prometheus exposition")
-    if "\x00" in text:
+    if "\x00" in text if isinstance(text, str) else b"\x00" in text:
         raise ParseError("response contains NUL bytes, not a Prometheus exposition")
 
 

@@ -38,10 +38,15 @@ class EngineNotDetected(ValueError):
     """Auto-detection found no known engine's metric names (e.g. a dcgm-exporter)."""
 
 
-def detect_engine(text: str) -> str | None:
-    """The first engine whose metric-name prefix starts a line of the text, or None."""
+def detect_engine(text: str | bytes | bytearray) -> str | None:
+    """The first engine whose metric-name prefix starts a line of the text (or of the undecoded
+    body), or None."""
     for mapping in ENGINES.values():
         for marker in mapping.markers:
-            if text.startswith(marker) or ("\n" + marker) in text:
+            if isinstance(text, str):
+                found = text.startswith(marker) or "\n" + marker in text
+            else:
+                found = text.startswith(marker.encode()) or b"\n" + marker.encode() in text
+            if found:
                 return mapping.engine
     return None

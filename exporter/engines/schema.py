@@ -35,6 +35,11 @@ class Spec:
         """The name users see in PromQL (counters with `_total`), used as `metric` label."""
         return self.name + "_total" if self.kind == "counter" else self.name
 
+    def __reduce__(self) -> tuple[Callable[[str], Spec], tuple[str]]:
+        """Pickled by name: a spec that comes back from another process is the same object
+        (code compares specs with `is`)."""
+        return spec_named, (self.name,)
+
 
 def _spec(name: str, kind: Kind, doc: str, aggregation: Aggregation = "sum") -> Spec:
     return Spec(PREFIX + name, kind, doc, aggregation)
@@ -211,6 +216,11 @@ STATUS_SPECS: tuple[Spec, ...] = (
     PROBE_TTFT,
     PROBE_DURATION,
 )
+
+
+def spec_named(name: str) -> Spec:
+    """The catalog or status spec called `name`."""
+    return SPECS.get(name) or next(s for s in STATUS_SPECS if s.name == name)
 
 
 def declared_metrics() -> tuple[MetricSpec, ...]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from exporter.collectors.base import CollectorContext, NoDataError
 from exporter.collectors.llm import LlmCollector, LlmSettings
 from exporter.settings import ConfigError, load_settings
 from harness.engine_stub import EngineStub
+from harness.wait import eventually_async
 from tests.engines.conftest import fixture_text, raw_samples, total
 
 Sample = tuple[str, dict[str, str], float]
@@ -235,6 +239,40 @@ async def test_failed_canary_is_published_as_failure(
     assert total(samples, "inferwatch_llm_probe_success") == 0
     assert not any(s[0] == "inferwatch_llm_probe_ttft_seconds" for s in samples)
     await c.close()
+
+
+async def test_big_expositions_go_to_a_process_with_the_same_result_and_survive_its_death(
+    http: aiohttp.ClientSession, start_stub: StartStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    addr = await start_stub(EngineStub("vllm-3"))
+    targets = [{"url": f"http://{addr}"}]
+    expected = await update(collector(http, targets=targets))  # a small exposition: the thread
+    c = collector(http, targets=targets, process_normalize_bytes=0, target_timeout_seconds=4.0)
+    before = set(multiprocessing.active_children())
+    try:
+        first = await update(c)  # on the thread, while the process starts
+        await eventually_async(lambda: c._normalizer.ready, 30, "normalizer process ready")
+        (worker,) = set(multiprocessing.active_children()) - before
+        second = await update(c)
+        catalog = [sorted((s for s in r if s[0] not in _STATUS), key=repr) for r in (first, second)]
+        assert (
+            catalog[0]
+            == catalog[1]
+            == sorted((s for s in expected if s[0] not in _STATUS), key=repr)
+        )
+        assert total(second, "inferwatch_llm_engine_info") == 1  # specs came back as themselves
+
+        os.kill(worker.pid, signal.SIGKILL)  # the OOM killer's way
+        with caplog.at_level(logging.WARNING, logger="exporter"):
+            died = await update(c)
+        assert total(died, "inferwatch_llm_up") == 0
+        assert any("normalizer process died" in m for m in caplog.messages)
+        again = await update(c)  # on the thread again, while a new process starts
+        assert total(again, "inferwatch_llm_up") == 1
+        assert sorted((s for s in again if s[0] not in _STATUS), key=repr) == catalog[0]
+    finally:
+        await c.close()
+    await eventually_async(lambda: not set(multiprocessing.active_children()) - before, 30)
 
 
 def test_target_timeout_must_be_below_collector_timeout(tmp_path: Path) -> None:

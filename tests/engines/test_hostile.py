@@ -161,6 +161,7 @@ async def test_200k_series_from_one_target_stop_the_parse_and_are_capped(
     assert dropped == 2 * 4000 - kept + 196_000
     assert value(samples, UP, target=good_addr) == 1
     assert value(samples, "inferwatch_llm_requests_running", target=good_addr) >= 0
+    await c.close()  # the flood started the normalizer process
 
 
 async def test_megabyte_label_values_are_dropped_unparsed(
@@ -173,7 +174,9 @@ async def test_megabyte_label_values_are_dropped_unparsed(
     )
     text = f'vllm:num_requests_running{{model_name="m"}} 2\n{huge}'
     addr = await serve(engine(text))
-    samples = await update(collector(http, targets=[{"url": f"http://{addr}"}]))
+    c = collector(http, targets=[{"url": f"http://{addr}"}])
+    samples = await update(c)
+    await c.close()  # 15 MB started the normalizer process
     assert value(samples, UP, target=addr) == 1
     assert value(samples, "inferwatch_llm_requests_running", target=addr, model="m") == 2
     assert value(samples, DROPPED, target=addr, reason="invalid") == 15

@@ -4,6 +4,7 @@ raw capture says (read with prometheus-client's parser, in the test, not typed i
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Iterable
 
 import pytest
@@ -11,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from exporter.engines import EngineNotDetected, Normalized, detect_engine, normalize_text
 from exporter.engines.normalize import Families
-from exporter.engines.schema import CATALOG, SPECS
+from exporter.engines.schema import CATALOG, ENGINE_INFO, SPECS, STATUS_SPECS
 from tests.engines.conftest import (
     ENGINE_FIXTURES,
     ENGINE_OF_FIXTURE,
@@ -111,7 +112,7 @@ def test_vllm_v0_old_names() -> None:
     text = fixture_text("vllm-1")
     raw = raw_samples(text)
     result = normalize_text(text, target="t")
-    assert result.hits["inferwatch_llm_kv_cache_usage_ratio"].name == "vllm:gpu_cache_usage_perc"
+    assert result.hits["inferwatch_llm_kv_cache_usage_ratio"] == "vllm:gpu_cache_usage_perc"
     assert norm(result, "inferwatch_llm_requests_waiting") == total(
         raw, "vllm:num_requests_waiting"
     )
@@ -295,3 +296,11 @@ def test_all_engines_together_render_valid_text_and_openmetrics() -> None:
     assert {labels["target"] for _, labels, _ in raw_samples(plain) if "target" in labels} == set(
         ENGINE_FIXTURES
     )
+
+
+def test_specs_come_back_from_another_process_as_the_same_objects() -> None:
+    """The llm collector tells status series apart with `is` (normalized in a process)."""
+    result = pickle.loads(pickle.dumps(normalize_text(fixture_text("vllm-3"), target="t")))
+    assert all(g.spec is SPECS[g.spec.name] for g in result.groups)
+    assert all(any(g.spec is s for s in STATUS_SPECS) for g in result.status)
+    assert any(g.spec is ENGINE_INFO for g in result.status)
