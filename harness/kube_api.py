@@ -38,6 +38,15 @@ documentation (or kube-apiserver / kube-controller-manager source) it follows:
   and a stale one is 409 `Conflict`. https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/lease-v1/
   https://kubernetes.io/docs/concepts/architecture/leases/ and kube-apiserver
   pkg/registry/coordination/lease/strategy.go (AllowUnconditionalUpdate: false).
+- ConfigMaps (v1), where the remediator keeps its circuit breaker and kill switch: create is 409
+  `AlreadyExists`, get/update of a missing one 404, a stale resourceVersion 409 `Conflict`; data
+  keys must be config-map keys and all data at most 1 MiB (422), values strings (400).
+  kube-apiserver pkg/apis/core/validation (ValidateConfigMap, MaxSecretSize) and apimachinery
+  pkg/util/validation (IsConfigMapKey).
+- Annotations on every object written: each key a qualified name (case-insensitive), all of them
+  together at most 256 KiB (422 `Invalid`), values strings (400 `BadRequest`, the decoder's).
+  apimachinery pkg/api/validation/objectmeta.go (ValidateAnnotations) and
+  pkg/util/validation/validation.go (IsQualifiedName).
 - Pod watches: replay since `resourceVersion`, BOOKMARK events when asked for, and an ERROR event
   with a 410 `Expired` Status (then the stream ends) for a resourceVersion older than the
   compacted history. https://kubernetes.io/docs/reference/using-api/api-concepts/#efficient-detection-of-changes
@@ -251,6 +260,89 @@ def apply_patch(obj: dict[str, Any], content_type: str, body: Any) -> dict[str, 
     return out
 
 
+# -- validation of metadata and data (apimachinery, kube-apiserver) --------------------------------
+
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_CONFIG_MAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+TOTAL_ANNOTATION_SIZE_LIMIT = 256 * 1024  # objectmeta.go TotalAnnotationSizeLimitB
+MAX_CONFIG_MAP_SIZE = 1024 * 1024  # core validation: MaxSecretSize, used for ConfigMaps too
+
+
+def qualified_name_errors(key: str) -> list[str]:
+    """apimachinery's IsQualifiedName: an optional DNS-1123 subdomain prefix and "/", then a
+    name of at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return ["a qualified name must consist of an optional prefix, '/' and a name"]
+    name, errors = parts[-1], []
+    if len(parts) == 2:
+        prefix = parts[0]
+        if not prefix:
+            errors.append("prefix part must be non-empty")
+        elif len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix):
+            errors.append("prefix part must be a lowercase RFC 1123 subdomain")
+    if not name:
+        errors.append("name part must be non-empty")
+    elif len(name) > 63:
+        errors.append("name part must be no more than 63 characters")
+    elif not _QUALIFIED_NAME.match(name):
+        errors.append(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
+            "and end with an alphanumeric character"
+        )
+    return errors
+
+
+def validate_annotations(annotations: Any) -> None:
+    """ValidateAnnotations: keys are qualified names once lowercased (422), the total size of
+    keys and values at most 256 KiB (422); a value that is not a string never decodes (400)."""
+    if annotations is None:
+        return
+    if not isinstance(annotations, dict):
+        raise ApiError(400, "BadRequest", "metadata.annotations must be a map of strings")
+    size = 0
+    for key, value in annotations.items():
+        if not isinstance(value, str):
+            raise ApiError(
+                400, "BadRequest", f"metadata.annotations[{key!r}]: a value must be a string"
+            )
+        for message in qualified_name_errors(key.lower()):
+            raise ApiError(
+                422, "Invalid", f"metadata.annotations: Invalid value: {key!r}: {message}"
+            )
+        size += len(key) + len(value)
+    if size > TOTAL_ANNOTATION_SIZE_LIMIT:
+        raise ApiError(
+            422,
+            "Invalid",
+            "metadata.annotations: Too long: "
+            f"must have at most {TOTAL_ANNOTATION_SIZE_LIMIT} bytes",
+        )
+
+
+def validate_config_map_data(data: Any) -> None:
+    """ValidateConfigMap: keys are config-map keys (IsConfigMapKey), all of it at most 1 MiB."""
+    if data is None:
+        return
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ApiError(400, "BadRequest", "data must be a map of strings")
+    for key in data:
+        if len(key) > 253 or key in (".", "..") or not _CONFIG_MAP_KEY.match(key):
+            raise ApiError(
+                422,
+                "Invalid",
+                f"data[{key}]: Invalid value: a valid config key must consist of alphanumeric "
+                "characters, '-', '_' or '.'",
+            )
+    if sum(len(k) + len(v) for k, v in data.items()) > MAX_CONFIG_MAP_SIZE:
+        raise ApiError(
+            422, "Invalid", f"[]: Too long: must have at most {MAX_CONFIG_MAP_SIZE} bytes"
+        )
+
+
 # -- selectors -----------------------------------------------------------------------------------
 
 _REQUIREMENT = re.compile(
@@ -373,6 +465,7 @@ class FakeKubeApi:
     scaled_objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     pdbs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     leases: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    config_maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     # One-shot actions run just before a matching request is served (another writer racing).
@@ -617,6 +710,10 @@ class FakeKubeApi:
         app = web.Application(middlewares=[self._middleware], client_max_size=3 * 1024 * 1024)
         r = app.router
         ns = "/namespaces/{ns}"
+        r.add_get(
+            f"/apis/apps/v1{ns}/deployments",
+            self._lister(self.deployments, "DeploymentList", "apps/v1"),
+        )
         r.add_get(f"/apis/apps/v1{ns}/deployments/{{name}}", self._get_deployment)
         r.add_patch(f"/apis/apps/v1{ns}/deployments/{{name}}", self._patch_deployment)
         r.add_get(f"/apis/apps/v1{ns}/deployments/{{name}}/scale", self._get_scale)
@@ -653,6 +750,10 @@ class FakeKubeApi:
         r.add_post(lease, self._create_lease)
         r.add_get(f"{lease}/{{name}}", self._getter(self.leases, "leases.coordination.k8s.io"))
         r.add_put(f"{lease}/{{name}}", self._replace_lease)
+        cm = f"/api/v1{ns}/configmaps"
+        r.add_post(cm, self._create_config_map)
+        r.add_get(f"{cm}/{{name}}", self._getter(self.config_maps, "configmaps"))
+        r.add_put(f"{cm}/{{name}}", self._replace_config_map)
         app.on_shutdown.append(self._on_shutdown)
         self._server = TestServer(app, host="127.0.0.1", port=port)
         await self._server.start_server()
@@ -762,6 +863,7 @@ class FakeKubeApi:
             )
         if new["metadata"].get("name") != old["metadata"]["name"]:
             raise ApiError(400, "BadRequest", "the name of the object does not match")
+        validate_annotations(new["metadata"].get("annotations"))
         if new.get("spec") != old.get("spec") and "generation" in old["metadata"]:
             new["metadata"]["generation"] = old["metadata"]["generation"] + 1
         store[key] = self._stamp(new)
@@ -1099,6 +1201,45 @@ class FakeKubeApi:
         lease.update(apiVersion="coordination.k8s.io/v1", kind="Lease")
         lease["metadata"]["namespace"] = key[0]
         return web.json_response(self._write(self.leases, key, lease, "leases.coordination.k8s.io"))
+
+    # -- config maps --------------------------------------------------------------------------
+
+    async def _create_config_map(self, request: web.Request) -> web.Response:
+        ns, cm = request.match_info["ns"], self._body()
+        if not isinstance(cm, dict) or cm.get("kind", "ConfigMap") != "ConfigMap":
+            raise ApiError(400, "BadRequest", "the body is not a ConfigMap")
+        meta = cm.setdefault("metadata", {})
+        name = meta.get("name")
+        if not name:
+            raise ApiError(422, "Invalid", "metadata.name: Required value: name is required")
+        if meta.get("namespace", ns) != ns:
+            raise ApiError(400, "BadRequest", "the namespace of the object does not match")
+        if (ns, name) in self.config_maps:
+            raise ApiError(409, "AlreadyExists", f'configmaps "{name}" already exists')
+        if meta.get("resourceVersion"):
+            raise ApiError(
+                422, "Invalid", "metadata.resourceVersion: resourceVersion should not be set"
+            )
+        validate_annotations(meta.get("annotations"))
+        validate_config_map_data(cm.get("data"))
+        meta["namespace"] = ns
+        cm.update(apiVersion="v1", kind="ConfigMap")
+        self.config_maps[(ns, name)] = self._stamp(cm)
+        return web.json_response(cm, status=201)
+
+    async def _replace_config_map(self, request: web.Request) -> web.Response:
+        """PUT: the ConfigMap strategy allows an unconditional update (no resourceVersion), but a
+        resourceVersion that is sent must be current (409)."""
+        key = (request.match_info["ns"], request.match_info["name"])
+        cm = self._body()
+        if key not in self.config_maps:
+            raise ApiError(404, "NotFound", f'configmaps "{key[1]}" not found')
+        if not isinstance(cm, dict) or not isinstance(cm.get("metadata"), dict):
+            raise ApiError(400, "BadRequest", "the body is not a ConfigMap")
+        validate_config_map_data(cm.get("data"))
+        cm.update(apiVersion="v1", kind="ConfigMap")
+        cm["metadata"]["namespace"] = key[0]
+        return web.json_response(self._write(self.config_maps, key, cm, "configmaps"))
 
     # -- controllers --------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from remediations.leader import HighAvailability, LeaderElector
 from remediations.metrics import Metrics
 from remediations.playbook import PlaybookFile, load_playbooks
 from remediations.prom import Prometheus
-from remediations.state import AuditEntry, State
+from remediations.state import AuditEntry, State, StateError
 
 log = logging.getLogger("remediations")
 
@@ -64,24 +64,46 @@ def make_backend(cfg: RemediatorConfig) -> Backend:
     return KubernetesBackend(cfg.kubernetes, cfg.namespaces)
 
 
+def open_state(cfg: RemediatorConfig) -> State:
+    """The SQLite file; under leader election, with the facts that must survive failover kept
+    on the cluster (ClusterState; the ConfigMap beside the Lease holds the flags)."""
+    if not cfg.leader_election.enabled:
+        return State(cfg.state, audit_max_entries=cfg.audit_max_entries)
+    from remediations.cluster_state import ClusterState
+
+    election = cfg.leader_election
+    return ClusterState(
+        cfg.state,
+        audit_max_entries=cfg.audit_max_entries,
+        namespace=election.lease_namespace,
+        config_map=f"{election.lease_name}-state",
+    )
+
+
 def start_leader_election(
-    cfg: RemediatorConfig, backend: Backend, metrics: Metrics
+    cfg: RemediatorConfig, backend: Backend, metrics: Metrics, state: State
 ) -> HighAvailability | None:
     """With `leader_election.enabled`, start campaigning for the Lease (kubernetes backend)."""
     if not cfg.leader_election.enabled:
         return None
     from remediations.backends.kubernetes import KubernetesBackend
+    from remediations.cluster_state import ClusterState
 
-    if not isinstance(backend, KubernetesBackend):
+    if not isinstance(backend, KubernetesBackend) or not isinstance(state, ClusterState):
         raise ConfigError("leader_election needs the kubernetes backend")
 
     def changed(leading: bool) -> None:
         metrics.leader.set(int(leading))
         metrics.leader_transitions.inc()
 
+    def failed(where: str, what: str) -> None:
+        metrics.errors.labels(where).inc()
+        log.error("%s: %s", where, what)
+
     elector = LeaderElector(cfg.leader_election, backend.api_client, on_change=changed)
+    state.bind(backend, elector.identity, lambda: elector.leading, failed)
     elector.start()
-    return HighAvailability(elector, backend)
+    return HighAvailability(elector, state)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -279,7 +301,12 @@ async def actions(request: web.Request) -> web.Response:
 async def circuit_reset(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
-    request.app[remediator_key].reset_circuit()
+    remediator = request.app[remediator_key]
+    remediator.reset_circuit()
+    try:
+        await remediator.settle()
+    except StateError as exc:
+        return _error(503, f"reset here, not yet shared with the other replicas: {exc}")
     return web.json_response({"circuit_open": False})
 
 
@@ -300,6 +327,10 @@ async def killswitch(request: web.Request) -> web.Response:
         if not isinstance(data, dict) or not isinstance(data.get("enabled"), bool):
             return _error(400, 'body must be {"enabled": true|false}')
         remediator.set_kill_switch(data["enabled"])
+        try:
+            await remediator.settle()
+        except StateError as exc:
+            return _error(503, f"set here, not yet shared with the other replicas: {exc}")
     return web.json_response({"kill_switch": remediator.kill_switch})
 
 
@@ -319,7 +350,7 @@ def create_app(
     the_backend = backend if backend is not None else make_backend(cfg)
     if cfg.leader_election.enabled and the_backend.name != "kubernetes":
         raise ConfigError("leader_election needs the kubernetes backend")
-    state = State(cfg.state, audit_max_entries=cfg.audit_max_entries)
+    state = open_state(cfg)
     app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[_note_request])
     app[config_key] = cfg
     app[metrics_key] = Metrics()
@@ -335,7 +366,7 @@ def create_app(
                 else None
             )
             await the_backend.start()
-            ha = start_leader_election(cfg, the_backend, app[metrics_key])
+            ha = start_leader_election(cfg, the_backend, app[metrics_key], state)
             remediator = Remediator(
                 cfg, playbook_file, state, the_backend, prometheus, app[metrics_key], ha=ha
             )
@@ -353,6 +384,7 @@ def create_app(
                 # Graceful drain: stop taking alerts, let queued ones finish, then stop.
                 await remediator.stop(cfg.shutdown_timeout_seconds)
                 if ha is not None:  # after the queue drained: hand the Lease over
+                    await ha.state.unbind(cfg.leader_election.renew_deadline_seconds)
                     await ha.elector.stop()
                 await the_backend.close()
                 state.close()

@@ -113,7 +113,11 @@ class LeaderElectionSettings(FrozenModel):
     client-go's defaults (tools/leaderelection)."""
 
     enabled: bool = Field(False, description="Elect one leader; only the leader acts.")
-    lease_name: str = Field("inferwatch-remediator", description="The Lease object's name.")
+    lease_name: str = Field(
+        "inferwatch-remediator",
+        description="The Lease object's name; the ConfigMap <lease_name>-state beside it holds "
+        "the kill switch and circuit breaker the replicas share.",
+    )
     lease_namespace: str = Field(
         "default", description="Namespace of the Lease (the remediator's own)."
     )

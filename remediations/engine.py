@@ -4,7 +4,10 @@ Order matters: cheap, definitive guards first (firing only, target, opt-out, ide
 switch, circuit breaker), then, under a per-deployment lock so two alerts for the same fleet
 never race, cooldown and retry cap, then the action's own bounds, and at the commit point the
 Prometheus re-check, rate limits and the atomic idempotency claim — with no await between the
-claim and the audit row, so duplicates delivered at the same instant still act once.
+claim and the audit row, so duplicates delivered at the same instant still act once. Under
+leader election the claim is also written to the target object, together with its cooldown and
+in-progress record, and a new leader adopts what the cluster keeps before it acts
+(remediations.cluster_state).
 """
 
 from __future__ import annotations
@@ -56,13 +59,19 @@ class Remediator:
         self.metrics = metrics
         # Bounded in submit(), so that one notification larger than the queue still fits.
         self.queue: asyncio.Queue[Alert] = asyncio.Queue()
+        # A follower's copy of each alert (newest per fingerprint, with when it came), queued
+        # once this replica leads: the leader has the same alerts and acts on them meanwhile.
+        self._held: dict[str, tuple[float, Alert]] = {}
         self.accepting = True
         self._locks: dict[str, asyncio.Lock] = {}
         self._workers: list[asyncio.Task[None]] = []
+        self._adopted_term = 0  # the leadership term whose cluster state this replica adopted
+        self._adopting = asyncio.Lock()
         self._patterns = cfg.compiled_patterns()
         if cfg.kill_switch:
             state.set_flag(KILL_SWITCH, 1)
         metrics.queue_depth.set_function(self.queue.qsize)
+        metrics.held.set_function(lambda: len(self._held))
         metrics.circuit_open.set(state.flag(CIRCUIT_OPEN))
         metrics.kill_switch.set(state.flag(KILL_SWITCH))
         metrics.leader.set(1 if ha is None else 0)
@@ -73,11 +82,43 @@ class Remediator:
         """Queue all alerts, or none when there is no room (the caller answers 503). An empty
         queue takes any notification: one larger than queue_size would otherwise get 503, and
         Alertmanager retry it, forever (its size is bounded by max_body_bytes)."""
+        if self.ha is not None and not self._acting_term():
+            return self._hold(alerts)
         waiting = self.queue.qsize()
         if not self.accepting or (waiting and waiting + len(alerts) > self.cfg.queue_size):
             return False
         for alert in alerts:
             self.queue.put_nowait(alert)
+        return True
+
+    def held_alerts(self) -> list[Alert]:
+        """What this follower holds for when it leads, oldest first."""
+        return [alert for _, alert in self._held.values()]
+
+    def _acting_term(self) -> bool:
+        """Leading, and the cluster's state of this term adopted (alerts go on the queue)."""
+        assert self.ha is not None
+        return self.ha.elector.leading and self._adopted_term == self.ha.elector.term
+
+    def _hold(self, alerts: list[Alert]) -> bool:
+        """A follower keeps the newest notification of each alert, for at most the idempotency
+        TTL (the leader's claims outlive no longer), and at most `queue_size` of them: over weeks
+        of following, held copies neither pile up nor turn the webhook into 503s."""
+        if not self.accepting:
+            return False
+        now = time.monotonic()
+        horizon = now - self.cfg.guards.idempotency_ttl_seconds
+        for alert in alerts:
+            old = self._held.pop(alert.fingerprint, None)
+            if old is None or old[1].startsAt <= alert.startsAt:
+                old = (now, alert)
+            self._held[alert.fingerprint] = old  # re-inserted: the dict stays oldest first
+        while self._held:
+            fingerprint, (since, _) = next(iter(self._held.items()))
+            if since >= horizon and len(self._held) <= self.cfg.queue_size:
+                break
+            del self._held[fingerprint]
+            self.metrics.held_dropped.inc()
         return True
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -112,6 +153,7 @@ class Remediator:
         while True:
             if self.ha is not None:
                 await self.ha.elector.wait_leading()
+                await self._take_over()
             alert = await self.queue.get()
             try:
                 await self.handle(alert)
@@ -129,6 +171,61 @@ class Remediator:
                 self.queue.task_done()
             # A blocked alert never suspends; yield so the webhook keeps answering in ms.
             await asyncio.sleep(0)
+
+    async def _take_over(self) -> None:
+        """Once per term, before the first alert: adopt what the cluster keeps (flags, swaps,
+        actions a previous leader left in progress: recorded as interrupted, never repeated)."""
+        assert self.ha is not None
+        async with self._adopting:
+            term = self.ha.elector.term
+            if self._adopted_term == term:
+                return
+            actions = {p.action for p in self.playbooks.playbooks}
+            kinds = {ACTION_KINDS[a] for a in actions}
+            while True:
+                try:
+                    interrupted = await self.ha.state.adopt(
+                        deployments=bool(kinds - {"node"}),
+                        nodes="node" in kinds,
+                        autoscalers="scale" in actions,
+                        ttl_s=self.cfg.guards.idempotency_ttl_seconds,
+                    )
+                    break
+                except Exception as exc:  # nothing is acted on until it worked
+                    self._swallowed("take_over", f"adopting the cluster's state: {exc}")
+                    await asyncio.sleep(1.0)
+                    await self.ha.elector.wait_leading()
+                    term = self.ha.elector.term
+            for entry in interrupted:
+                if entry.action in ACTIONS:
+                    self.metrics.actions.labels(entry.action, "failed").inc()
+                log.warning(
+                    "action %s on %s (alert %s) was interrupted: %s stopped while it ran; "
+                    "recorded as failed, not repeated",
+                    entry.action,
+                    entry.target,
+                    entry.alertname,
+                    entry.holder,
+                )
+            self._show_flags()
+            self._adopted_term = term
+            held, self._held = self._held, {}
+            horizon = time.monotonic() - self.cfg.guards.idempotency_ttl_seconds
+            for since, alert in held.values():  # the claims block what the old leader acted on
+                if since >= horizon:
+                    self.queue.put_nowait(alert)
+            if held:
+                log.info("leading: %d alert(s) held while following queued", len(held))
+            log.info("leading (term %d): the cluster's state adopted", term)
+
+    def _show_flags(self) -> None:
+        self.metrics.circuit_open.set(self.state.flag(CIRCUIT_OPEN))
+        self.metrics.kill_switch.set(self.state.flag(KILL_SWITCH))
+
+    async def settle(self) -> None:
+        """Wait until what was recorded is where every replica reads it (the cluster, under
+        leader election; at once for the SQLite file). StateError if it is not, for now."""
+        await self.state.written(self.cfg.leader_election.renew_deadline_seconds)
 
     # -- operator switches ------------------------------------------------------------------
 
@@ -315,6 +412,18 @@ class Remediator:
                         ACTION_KINDS[playbook.action],
                         alert.dedupe_key,
                         guards.idempotency_ttl_seconds,
+                        target=key,
+                        cooldown_s=cooldown,
+                        max_attempts=guards.max_attempts,
+                        attempts_window_s=guards.attempts_window_seconds,
+                        record={
+                            "action": playbook.action,
+                            "alertname": alert.alertname,
+                            "fingerprint": alert.fingerprint,
+                            "alert": alert.dedupe_key,
+                            "playbook": playbook.name,
+                            "plan": plan,
+                        },
                     )
                     if holder is not None:
                         self.metrics.claims_lost.inc()
@@ -391,6 +500,11 @@ class Remediator:
         duration = time.monotonic() - started if audit_id is not None else 0.0
         self._finish(alert, playbook, key, audit_id, outcome, duration, cooldown)
         spec.lifecycle.ended(self.state, key)
+        if self.ha is not None:  # the outcome on the cluster before the target's next action
+            try:
+                await self.settle()
+            except StateError as exc:
+                self._swallowed("cluster_state", f"{playbook.action} on {key}: {exc}")
         if outcome.result != "dry_run":
             try:
                 await self.backend.record_event(
@@ -475,14 +589,28 @@ class Remediator:
     # -- what outlives an action (swaps to undo, minimums to restore) -------------------------
 
     async def _housekeeping(self, interval: float = 0.25) -> None:
-        """Flush deferred audit rows; let each action undo what is due."""
+        """Flush deferred audit rows; read the cluster's flags now and then; let each action
+        undo what is due."""
+        next_refresh = 0.0
         while True:
             await asyncio.sleep(interval)
             self.state.flush()
-            if self.ha is not None and not self.ha.elector.leading:
-                continue  # swap-backs and restores are the leader's
+            if self.ha is not None:
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + self.cfg.leader_election.retry_period_seconds
+                    await self._refresh_flags()
+                if not self.ha.elector.leading or self._adopted_term != self.ha.elector.term:
+                    continue  # swap-backs and restores are the leader's, once it adopted
             for spec in ACTIONS.values():
                 await spec.lifecycle.housekeeping(self)
+
+    async def _refresh_flags(self) -> None:
+        """Every replica shows (and obeys) the kill switch and circuit they share (ConfigMap)."""
+        try:
+            await self.state.refresh()
+        except StateError as exc:
+            self._swallowed("cluster_state", f"reading the flags: {exc}")
+        self._show_flags()
 
     # Core: what an action's lifecycle uses of the engine.
 

@@ -39,7 +39,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from remediations.backends import TargetKind
-from remediations.backends.kubernetes import KubernetesBackend
+from remediations.cluster_state import ClusterState
 from remediations.config import LeaderElectionSettings
 from remediations.targets import TargetRef
 
@@ -77,6 +77,7 @@ class LeaderElector:
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0  # monotonic, when _observed last changed
         self._leading_event = asyncio.Event()
+        self.term = 0  # counts the times this replica started leading
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -143,6 +144,8 @@ class LeaderElector:
         self._is_holder = holder
         if holder:
             self._leading_event.set()
+        if holder and not was:
+            self.term += 1
         if holder != was:
             log.warning(
                 "%s %s leading (lease %s/%s)",
@@ -246,22 +249,47 @@ class NotLeader(Exception):
 
 class HighAvailability:
     """Fencing for the engine's commit point: act only while leading, and only on a claim
-    written with a resourceVersion precondition on the target object."""
+    written with a resourceVersion precondition on the target object
+    (ClusterState.claim_target)."""
 
-    def __init__(self, elector: LeaderElector, backend: KubernetesBackend) -> None:
+    def __init__(self, elector: LeaderElector, state: ClusterState) -> None:
         self.elector = elector
-        self.backend = backend
+        self.state = state
 
-    async def claim(self, ref: TargetRef, kind: TargetKind, key: str, ttl_s: float) -> str | None:
-        """None once this replica holds the claim; else the holder that had it. The claim must
-        land while this replica still leads (bounded by what is left of its RenewDeadline), so
-        no other leader can exist when it does."""
+    async def claim(
+        self,
+        ref: TargetRef,
+        kind: TargetKind,
+        key: str,
+        ttl_s: float,
+        *,
+        target: str | None = None,
+        cooldown_s: float = 0.0,
+        max_attempts: int = 1 << 30,
+        attempts_window_s: float = 0.0,
+        record: dict[str, Any] | None = None,
+    ) -> str | None:
+        """None once this replica holds the claim; else the holder that had it (Blocked when
+        the cluster's facts forbid the action). The claim must land while this replica still
+        leads (bounded by what is left of its RenewDeadline), so no other leader can exist
+        when it does."""
         left = self.elector.leading_for()
         if left <= 0:
             raise NotLeader(f"{self.elector.identity} does not lead")
         try:
             return await asyncio.wait_for(
-                self.backend.claim(ref, kind, key, self.elector.identity, ttl_s), left
+                self.state.claim_target(
+                    ref,
+                    kind,
+                    target or ref.key(kind),
+                    key,
+                    ttl_s=ttl_s,
+                    cooldown_s=cooldown_s,
+                    max_attempts=max_attempts,
+                    attempts_window_s=attempts_window_s,
+                    record=record or {},
+                ),
+                left,
             )
         except TimeoutError:
             raise NotLeader(f"{self.elector.identity}: leadership ran out while claiming") from None

@@ -11,7 +11,15 @@ RESULTS = ("succeeded", "failed", "dry_run", "blocked")
 ACTIONS = tuple(REGISTERED)  # every registered action gets its series from the start
 # Alert start to action: Prometheus evaluation, Alertmanager group_wait, guards; then rollouts.
 LATENCY_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
-ERROR_PLACES = ("record_event", "resolve_resolved_target", "swap_back", "restore_minimum", "worker")
+ERROR_PLACES = (
+    "record_event",
+    "resolve_resolved_target",
+    "swap_back",
+    "restore_minimum",
+    "worker",
+    "cluster_state",
+    "take_over",
+)
 
 
 class Metrics:
@@ -80,6 +88,17 @@ class Metrics:
         self.claims_lost = Counter(
             "inferwatch_remediation_claims_lost",
             "Alerts not acted on because another replica had claimed them on the target object.",
+            registry=self.registry,
+        )
+        self.held = Gauge(
+            "inferwatch_remediation_follower_held_alerts",
+            "Alerts a follower holds for when it leads (newest notification per alert).",
+            registry=self.registry,
+        )
+        self.held_dropped = Counter(
+            "inferwatch_remediation_follower_dropped_alerts",
+            "Held alerts a follower dropped unacted: older than the idempotency TTL (the leader's "
+            "claims last no longer), or over queue_size.",
             registry=self.registry,
         )
         self.action_duration = Histogram(

@@ -14,6 +14,10 @@ happened (results, failures, flags, blocked alerts) are kept in memory and writt
 The file's schema version is `PRAGMA user_version`; MIGRATIONS bring older files up to
 SCHEMA_VERSION at start-up, inside one transaction. A file that is empty, not SQLite, damaged,
 newer than this code, read-only or locked is refused with StateError and one clear message.
+
+Under leader election (Kubernetes backend) the engine gets remediations.cluster_state.ClusterState,
+this class with the facts that must survive losing a node kept on Kubernetes objects; this file
+is then the replica's cache, journal and audit log.
 """
 
 from __future__ import annotations
@@ -355,6 +359,15 @@ class State:
         except StateBusy:
             self._run("ROLLBACK")
             raise
+
+    # -- what other replicas share (nothing: one process owns this file) --------------------
+
+    async def refresh(self) -> None:
+        """Read what other replicas may have changed; a local file has nothing to read."""
+
+    async def written(self, limit_s: float = 10.0) -> None:
+        """Wait until what was recorded is where other replicas read it; SQLite writes are
+        there when they return."""
 
     # -- start-up ---------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ class Outcome:
     detail: str
 
 
-def _no_swap_record(original: str, lighter: str) -> None:
+async def _no_swap_record(original: str, lighter: str) -> None:
     return None
 
 
@@ -50,8 +50,9 @@ class ActionContext:
     dry_run: bool
     max_drained_ratio: float
     commit: Callable[[str], Awaitable[None]]
-    # swap_model: called with (original, lighter) before the first replica changes
-    swap_started: Callable[[str, str], None] = _no_swap_record
+    # swap_model: awaited with (original, lighter) before the first replica changes; returns
+    # once the record of what to restore is kept where every replica finds it
+    swap_started: Callable[[str, str], Awaitable[None]] = _no_swap_record
     # swap_model: the swap did not roll out and what ran before is back: nothing to swap back
     swap_undone: Callable[[], None] = _nothing
     # scale: an autoscaler's minimum was raised; the engine restores it later

@@ -5,7 +5,8 @@ The swap's state machine lives here (SwapLifecycle): a swap is recorded before t
 changes; the alert's resolution is kept as a fact of its own (it may come while the swap still
 runs, since restarting replicas changes what the rule sees) and turned into a swap-back time once
 the swap ended; a new firing cancels it; a swap cut off by a restart is ended at the next start
-and still undone after its alert resolved. All of it is in the state file.
+and still undone after its alert resolved. All of it is in the state file (and, under leader
+election, on the Deployment's `inferwatch.io/swap-restore` annotation: remediations.cluster_state).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ async def run(ctx: ActionContext, ref: TargetRef, params: SwapModelParams) -> Ou
     await ctx.commit(plan)
     if ctx.dry_run:
         return Outcome("dry_run", f"would {plan}")
-    ctx.swap_started(dep.model, dep.lighter_model)
+    await ctx.swap_started(dep.model, dep.lighter_model)
     rollout = await ctx.backend.set_model(ref, dep.lighter_model, params.ready_timeout_seconds)
     if rollout.ok:
         return Outcome("succeeded", f"{plan}: {rollout.detail}")
@@ -111,7 +112,7 @@ class SwapLifecycle(Lifecycle):
     ) -> ActionContext:
         quiet = params.quiet_period_seconds if isinstance(params, SwapModelParams) else 0.0
 
-        def started(original: str, lighter: str) -> None:
+        async def started(original: str, lighter: str) -> None:
             state.begin_swap(
                 Swap(
                     key,
@@ -124,6 +125,7 @@ class SwapLifecycle(Lifecycle):
                     quiet,
                 )
             )
+            await state.written()  # under leader election: on the Deployment before it changes
 
         return replace(ctx, swap_started=started, swap_undone=lambda: state.drop_swap(key))
 

@@ -2,7 +2,9 @@
 
 Least privilege: it reads and patches Deployments (and their scale subresource), reads
 ReplicaSets to find a pod's Deployment, lists/patches/deletes Pods, creates pod evictions,
-lists/patches Nodes and creates Events — nothing else. Throttling (429) and server errors (5xx)
+lists/patches Nodes and creates Events — and, under leader election, lists Deployments and
+keeps the remediator's per-target facts in their (or the Node's) annotations (read_facts,
+patch_facts: remediations.cluster_state) — nothing else. Throttling (429) and server errors (5xx)
 are retried a few times with backoff; a conflict (409) means the object changed since it was
 read, so the caller re-reads and decides again; anything else fails the action.
 
@@ -54,9 +56,6 @@ KEDA = ("keda.sh", "v1alpha1", "scaledobjects")
 # On a node the remediator cordoned; only those count against drain_node's max_nodes.
 CORDONED_BY_ANNOTATION = "inferwatch.io/cordoned-by"
 CORDONED_BY = "inferwatch-remediator"
-# On a target Deployment / Node: the alerts (dedupe keys) a replica claimed for it, and by whom.
-CLAIM_ANNOTATION = "inferwatch.io/claim"
-MAX_CLAIMS = 32
 
 
 class KubernetesBackend:
@@ -534,44 +533,60 @@ class KubernetesBackend:
             raise RuntimeError("the backend is not started")
         return self._api
 
-    async def claim(
-        self, ref: TargetRef, kind: TargetKind, key: str, holder: str, ttl_s: float
-    ) -> str | None:
-        """Claim alert `key` on its target object, with the resourceVersion just read as the
-        precondition: of two replicas writing at once one gets 409, reads again and finds the
-        other's claim. None when this call claimed it, else the holder that had it."""
-        node = kind == "node"
-        name = (ref.node if node else ref.deployment) or ""
-        what = f"{'node' if node else 'deployment'} {name}"
-        for _ in range(CONFLICT_RETRIES):
-            if node:
-                obj = await self._read(what, functools.partial(self.core.read_node, name))
-            else:
-                obj = await self._deployment(ref)
-            claims = _claims((obj.metadata.annotations or {}).get(CLAIM_ANNOTATION))
-            now = time.time()
-            if key in claims and now - float(claims[key].get("at", 0)) < ttl_s:
-                return str(claims[key].get("holder", "?"))
-            kept = {k: v for k, v in claims.items() if now - float(v.get("at", 0)) < ttl_s}
-            kept[key] = {"holder": holder, "at": round(now, 3)}
-            newest = sorted(kept.items(), key=lambda kv: float(kv[1]["at"]))[-MAX_CLAIMS:]
-            body = {
-                "metadata": {
-                    "resourceVersion": obj.metadata.resource_version,
-                    "annotations": {CLAIM_ANNOTATION: json.dumps(dict(newest), sort_keys=True)},
-                }
-            }
-            patch = (
-                functools.partial(self.core.patch_node, name, body)
-                if node
-                else functools.partial(self.apps.patch_namespaced_deployment, name, _ns(ref), body)
+    async def read_facts(self, ref: TargetRef, kind: TargetKind) -> tuple[dict[str, str], str]:
+        """The target object's annotations and the resourceVersion they were read at (the
+        precondition of a later patch_facts)."""
+        if kind == "node":
+            node = ref.node or ""
+            obj = await self._read(f"node {node}", functools.partial(self.core.read_node, node))
+        else:
+            obj = await self._deployment(ref)
+        return dict(obj.metadata.annotations or {}), str(obj.metadata.resource_version)
+
+    async def patch_facts(
+        self,
+        ref: TargetRef,
+        kind: TargetKind,
+        changes: dict[str, str | None],
+        resource_version: str,
+    ) -> None:
+        """Set (None: remove) annotations on the target object, only if it is still at
+        `resource_version` (Conflict otherwise: read again and decide again)."""
+        body = {"metadata": {"resourceVersion": resource_version, "annotations": changes}}
+        if kind == "node":
+            node = ref.node or ""
+            await self._call(
+                f"annotate node {node}", functools.partial(self.core.patch_node, node, body)
             )
-            try:
-                await self._call(f"claim on {what}", patch)
-                return None
-            except Conflict:
-                log.info("claim on %s: changed since read; reading again", what)
-        raise BackendError(f"claim on {what}: kept changing ({CONFLICT_RETRIES} conflicts)", 409)
+        else:
+            await self._call(
+                f"annotate deployment {_ns(ref)}/{_dep(ref)}",
+                functools.partial(self.apps.patch_namespaced_deployment, _dep(ref), _ns(ref), body),
+            )
+
+    async def annotated(
+        self, kind: TargetKind, prefix: str
+    ) -> list[tuple[TargetRef, dict[str, str]]]:
+        """Deployments in the configured namespaces (kind "deployment") or Nodes (kind "node")
+        carrying an annotation whose key starts with `prefix`, with their annotations."""
+        found: list[tuple[TargetRef, dict[str, str]]] = []
+        if kind == "node":
+            nodes = await self._call("list nodes", self.core.list_node)
+            for n in nodes.items:
+                notes = dict(n.metadata.annotations or {})
+                if any(k.startswith(prefix) for k in notes):
+                    found.append((TargetRef(node=n.metadata.name), notes))
+            return found
+        for ns in self.namespaces:
+            deps = await self._call(
+                f"list deployments in {ns}",
+                functools.partial(self.apps.list_namespaced_deployment, ns),
+            )
+            for d in deps.items:
+                notes = dict(d.metadata.annotations or {})
+                if any(k.startswith(prefix) for k in notes):
+                    found.append((TargetRef(namespace=ns, deployment=d.metadata.name), notes))
+        return found
 
     async def record_event(
         self, ref: TargetRef, kind: TargetKind, reason: str, message: str, ok: bool
@@ -598,23 +613,6 @@ class KubernetesBackend:
             count=1,
         )
         await self._call("event", lambda: self.core.create_namespaced_event(namespace, event))
-
-
-def _claims(raw: str | None) -> dict[str, dict[str, Any]]:
-    """The claim annotation's map; a value someone mangled counts as no claims (and is
-    replaced by the next claim)."""
-    try:
-        data = json.loads(raw) if raw else {}
-    except ValueError:
-        log.warning("%s is not JSON; treating it as empty", CLAIM_ANNOTATION)
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {
-        k: v
-        for k, v in data.items()
-        if isinstance(v, dict) and isinstance(v.get("at"), int | float)
-    }
 
 
 def label_selector(selector: Any) -> str:

@@ -76,9 +76,14 @@ def test_validation_catches_a_misspelt_field() -> None:
 def test_defaults_install_every_component_with_dry_run_remediator(helm: Helm) -> None:
     docs = helm.template()
     by_kind = kinds(docs)
-    assert {"DaemonSet", "Deployment", "PrometheusRule", "ServiceMonitor", "Secret", "Role"} <= set(
-        by_kind
-    )
+    assert {
+        "DaemonSet",
+        "StatefulSet",
+        "PrometheusRule",
+        "ServiceMonitor",
+        "Secret",
+        "Role",
+    } <= set(by_kind)
     assert "ClusterRole" not in by_kind, "drain_node is off by default, so no ClusterRole"
     assert "AlertmanagerConfig" not in by_kind
     config = yaml.safe_load(remediator_config(docs))
@@ -195,13 +200,14 @@ def test_remediator_config_carries_namespaces_dry_run_and_extra_settings(helm: H
 
 def test_remediator_runs_two_replicas_that_elect_a_leader_off_gpu_nodes(helm: Helm) -> None:
     docs = helm.template()
-    dep = one(docs, "Deployment")
+    dep = one(docs, "StatefulSet")
     pod = dep["spec"]["template"]["spec"]
     assert dep["spec"]["replicas"] == 2
-    assert dep["spec"]["strategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1},
-    }
+    assert dep["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    assert dep["spec"]["podManagementPolicy"] == "Parallel"
+    headless = next(s for s in kinds(docs)["Service"] if s["spec"].get("clusterIP") == "None")
+    assert dep["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     selector = dep["spec"]["selector"]["matchLabels"]
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
@@ -238,9 +244,10 @@ def test_remediator_runs_two_replicas_that_elect_a_leader_off_gpu_nodes(helm: He
 
 def test_remediator_is_one_replica_recreated_on_a_rwo_volume(helm: Helm) -> None:
     docs = helm.template({"remediator": {"replicas": 1, "persistence": {"enabled": True}}})
-    dep = one(docs, "Deployment")
+    dep = one(docs, "StatefulSet")
     assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    # A StatefulSet replaces its one pod (never two of one ordinal): what Recreate would do.
+    assert dep["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
     pvc = one(docs, "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
@@ -249,15 +256,8 @@ def test_remediator_is_one_replica_recreated_on_a_rwo_volume(helm: Helm) -> None
     assert "leader_election" not in yaml.safe_load(remediator_config(docs))
     assert "podAntiAffinity" not in dep["spec"]["template"]["spec"]["affinity"]
 
-    # One replica without leader election is never rolled (two would act at once) ...
-    docs = helm.template({"remediator": {"replicas": 1}})
-    assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
-    # ... with it, the old pod hands the Lease over to the new one.
+    # With leader election on one replica, the old pod hands the Lease over to the new one.
     docs = helm.template({"remediator": {"replicas": 1, "leaderElection": {"enabled": True}}})
-    assert one(docs, "Deployment")["spec"]["strategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-    }
     assert yaml.safe_load(remediator_config(docs))["leader_election"]["enabled"] is True
 
     # Two replicas cannot share one ReadWriteOnce volume: refused, not rendered.
@@ -273,11 +273,11 @@ def test_user_affinity_is_merged_over_the_defaults(helm: Helm) -> None:
         }
     }
     docs = helm.template({"remediator": {"affinity": {"nodeAffinity": node}}})
-    affinity = one(docs, "Deployment")["spec"]["template"]["spec"]["affinity"]
+    affinity = one(docs, "StatefulSet")["spec"]["template"]["spec"]["affinity"]
     assert affinity["nodeAffinity"] == node
     assert "podAntiAffinity" in affinity
     docs = helm.template({"remediator": {"avoidGpuNodes": False, "replicas": 1}})
-    assert "affinity" not in one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert "affinity" not in one(docs, "StatefulSet")["spec"]["template"]["spec"]
 
 
 def test_token_secret_is_generated_or_taken_from_an_existing_secret(helm: Helm) -> None:
@@ -287,7 +287,7 @@ def test_token_secret_is_generated_or_taken_from_an_existing_secret(helm: Helm) 
     assert fixed["data"]["token"] == "czNjcmV0"
     docs = helm.template({"remediator": {"auth": {"existingSecret": "mine", "secretKey": "t"}}})
     assert "Secret" not in kinds(docs)
-    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    volumes = one(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]
     token = next(v for v in volumes if v["name"] == "token")
     assert token["secret"] == {"secretName": "mine", "items": [{"key": "t", "path": "token"}]}
 
@@ -328,19 +328,34 @@ def test_alertmanager_config_routes_remediation_alerts_and_continues(helm: Helm)
     assert {"name": "remediation", "value": ".+", "matchType": "=~"} in route["matchers"]
     (receiver,) = amc["spec"]["receivers"]
     assert route["receiver"] == receiver["name"]
-    (hook,) = receiver["webhookConfigs"]
-    svc = next(d for d in kinds(docs)["Service"] if "remediator" in d["metadata"]["name"])
-    assert hook["url"] == f"http://{svc['metadata']['name']}.monitoring.svc:9836/alerts"
+    # Every replica gets every notification, at its own stable address (the StatefulSet's pods
+    # under the headless Service), so the one that takes over holds its own copy.
+    pods = one(docs, "StatefulSet")
+    name, service = pods["metadata"]["name"], pods["spec"]["serviceName"]
+    assert [hook["url"] for hook in receiver["webhookConfigs"]] == [
+        f"http://{name}-{i}.{service}.monitoring.svc:9836/alerts" for i in range(2)
+    ]
     secret = one(docs, "Secret")
-    assert hook["httpConfig"]["authorization"]["credentials"] == {
-        "name": secret["metadata"]["name"],
-        "key": "token",
-    }
+    for hook in receiver["webhookConfigs"]:
+        assert hook["httpConfig"]["authorization"]["credentials"] == {
+            "name": secret["metadata"]["name"],
+            "key": "token",
+        }
+    # One replica: the Service.
+    values = {"remediator": {"replicas": 1, "alertmanagerConfig": {"enabled": True}}}
+    docs = helm.template(values)
+    (hook,) = one(docs, "AlertmanagerConfig")["spec"]["receivers"][0]["webhookConfigs"]
+    svc = next(
+        s
+        for s in kinds(docs)["Service"]
+        if s["spec"].get("clusterIP") != "None" and "remediator" in s["metadata"]["name"]
+    )
+    assert hook["url"] == f"http://{svc['metadata']['name']}.monitoring.svc:9836/alerts"
 
 
 def test_image_is_one_reference_for_both_components(helm: Helm) -> None:
     docs = helm.template({"image": {"repository": "registry.local/iw", "tag": "1.2.3"}})
-    ds, dep = one(docs, "DaemonSet"), one(docs, "Deployment")
+    ds, dep = one(docs, "DaemonSet"), one(docs, "StatefulSet")
     images = {
         ds["spec"]["template"]["spec"]["containers"][0]["image"],
         dep["spec"]["template"]["spec"]["containers"][0]["image"],

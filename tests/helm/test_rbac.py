@@ -50,13 +50,17 @@ CLUSTER: dict[str, set[Rule]] = {
     | {("", "pods", "list"), ("", "events", "create")},
 }
 ACTIONS = list(NAMESPACED)
-# With leader election (the default: two replicas) each action first claims its alert in an
-# annotation on the target: a patch of the Deployment (namespaced actions) or of the Node
-# (drain_node, which patches nodes anyway).
-CLAIM: set[Rule] = {("apps", "deployments", "patch")}
-# ... and the replicas elect a leader on a Lease in the release namespace.
+# With leader election (the default: two replicas) each action keeps its claim, cooldown,
+# attempts and in-progress record in annotations on the target: patches of the Deployment
+# (namespaced actions) or of the Node (drain_node, which patches nodes anyway); a new leader
+# lists the Deployments (or Nodes) to adopt them.
+CLAIM: set[Rule] = {("apps", "deployments", "patch"), ("apps", "deployments", "list")}
+# ... and the replicas elect a leader on a Lease in the release namespace, beside which a
+# ConfigMap holds the kill switch and circuit breaker they share.
 LEADER_ELECTION: set[Rule] = {
-    ("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")
+    (group, resource, verb)
+    for group, resource in (("coordination.k8s.io", "leases"), ("", "configmaps"))
+    for verb in ("get", "create", "update")
 }
 RELEASE_NAMESPACE = "monitoring"
 
@@ -153,7 +157,7 @@ def test_default_actions_grant_the_union_per_namespace_and_bind_the_service_acco
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "monitoring"}
         ]
-    deployment = by_kind["Deployment"][0]["spec"]["template"]["spec"]
+    deployment = by_kind["StatefulSet"][0]["spec"]["template"]["spec"]
     assert deployment["serviceAccountName"] == sa["metadata"]["name"]
     assert "ClusterRole" not in by_kind
 
@@ -219,18 +223,31 @@ def as_rule(method: str, path: str, query: dict[str, str]) -> tuple[bool, Rule]:
 
 async def used_by(action: str, tmp_path: Path) -> tuple[set[Rule], set[Rule], set[Rule]]:
     """Run one action for real against the recording API, as a leader does: elect on the Lease,
-    claim the alert at the commit point, act, release the Lease. The (namespaced, cluster,
-    leader election) rules used."""
+    adopt the state the cluster keeps, claim the alert at the commit point, act, record the
+    outcome and a flag on the cluster, release the Lease. The (namespaced, cluster, leader
+    election) rules used."""
+    from harness.kube_api import FakeKubeApi
     from remediations.actions import ActionContext, drain, drain_node, restart, scale, swap_model
     from remediations.backends.kubernetes import KubernetesBackend
+    from remediations.cluster_state import ClusterState
     from remediations.config import KubernetesSettings, LeaderElectionSettings
     from remediations.leader import LeaderElector
     from remediations.targets import TargetRef
     from tests.remediations.conftest import wait_for
-    from harness.kube_api import FakeKubeApi
 
     async def commit(plan: str) -> None:
-        assert await backend.claim(ref, kind, "alert-1", "replica-a", 60) is None  # type: ignore[arg-type]
+        claimed = await state.claim_target(
+            ref,
+            kind,  # type: ignore[arg-type]
+            ref.key(kind),
+            "alert-1",
+            ttl_s=60,
+            cooldown_s=60,
+            max_attempts=3,
+            attempts_window_s=60,
+            record={"action": action, "plan": plan},
+        )
+        assert claimed is None
 
     async with FakeKubeApi() as api:
         api.add_node("gpu-node-1")
@@ -255,9 +272,20 @@ async def used_by(action: str, tmp_path: Path) -> tuple[set[Rule], set[Rule], se
             retry_period_seconds=0.5,
         )
         elector = LeaderElector(election, backend.api_client)
+        state = ClusterState(
+            tmp_path / "state.db", namespace=RELEASE_NAMESPACE, config_map="remediator-state"
+        )
+        state.bind(backend, "replica-a", lambda: elector.leading, lambda where, what: None)
         elector.start()
         try:
             await wait_for(lambda: elector.leading, what="leading")
+            node_action = action == "drainNode"
+            await state.adopt(
+                deployments=not node_action,
+                nodes=node_action,
+                autoscalers=action == "scale",
+                ttl_s=60,
+            )
             ctx = ActionContext(backend, None, False, 0.5, commit)
             kind = {"drainNode": "node", "restart": "replica", "drain": "replica"}.get(
                 action, "deployment"
@@ -286,7 +314,14 @@ async def used_by(action: str, tmp_path: Path) -> tuple[set[Rule], set[Rule], se
             outcome = await run()
             assert outcome.result == "succeeded", outcome
             await backend.record_event(ref, kind, "Inferwatch", "done", True)  # type: ignore[arg-type]
+            state.record_attempt(ref.key(kind), ok=True, cooldown=60)
+            state.set_flag("consecutive_failures", 0)  # creates the ConfigMap ...
+            await state.written()
+            state.set_flag("kill_switch", 1)  # ... and updates it
+            await state.written()
         finally:
+            await state.unbind(5)
+            state.close()
             await elector.stop()  # releases the Lease: a read and an update
             await backend.close()
         namespaced: set[Rule] = set()
@@ -294,7 +329,7 @@ async def used_by(action: str, tmp_path: Path) -> tuple[set[Rule], set[Rule], se
         leases: set[Rule] = set()
         for request in api.requests:
             is_namespaced, rule = as_rule(request.method, request.path, request.query)
-            if rule[1] == "leases":
+            if rule[1] in ("leases", "configmaps"):
                 assert f"/namespaces/{RELEASE_NAMESPACE}/" in request.path, request.path
                 leases.add(rule)
             else:

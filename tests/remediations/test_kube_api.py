@@ -299,3 +299,63 @@ async def test_leases_are_created_once_and_updated_only_from_the_current_version
     assert (status, body["reason"]) == (409, "Conflict")
     status, body = await call(kube, "GET", f"{LEASES}/remediator")
     assert body["spec"]["holderIdentity"] == "b"
+
+
+CONFIG_MAPS = "/api/v1/namespaces/monitoring/configmaps"
+
+
+async def test_config_maps_are_created_once_and_updated_only_from_the_current_version(
+    kube: FakeKubeApi,
+) -> None:
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "state"}}
+    cm["data"] = {"kill_switch": "1"}
+    status, body = await call(kube, "GET", f"{CONFIG_MAPS}/state")
+    assert (status, body["reason"]) == (404, "NotFound")
+    status, body = await call(kube, "PUT", f"{CONFIG_MAPS}/state", cm)
+    assert (status, body["reason"]) == (404, "NotFound")
+    status, created = await call(kube, "POST", CONFIG_MAPS, cm)
+    assert status == 201
+    status, body = await call(kube, "POST", CONFIG_MAPS, cm)  # another replica, too late
+    assert (status, body["reason"]) == (409, "AlreadyExists")
+
+    version = created["metadata"]["resourceVersion"]
+    update = {**created, "data": {"kill_switch": "0"}}
+    status, updated = await call(kube, "PUT", f"{CONFIG_MAPS}/state", update)
+    assert status == 200 and updated["metadata"]["resourceVersion"] != version
+    stale = {**created, "data": {"kill_switch": "1"}}  # still carries the first version
+    status, body = await call(kube, "PUT", f"{CONFIG_MAPS}/state", stale)
+    assert (status, body["reason"]) == (409, "Conflict")
+    assert kube.config_maps[("monitoring", "state")]["data"] == {"kill_switch": "0"}
+
+    for data, code in (({"bad key": "1"}, 422), ({"n": 1}, 400), ({"x": "y" * (1 << 20)}, 422)):
+        status, body = await call(kube, "PUT", f"{CONFIG_MAPS}/state", {**updated, "data": data})
+        assert status == code, (data.keys(), body)
+
+
+async def test_annotation_keys_and_sizes_are_validated_like_apimachinery(
+    kube: FakeKubeApi,
+) -> None:
+    def annotate(notes: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"annotations": notes}}
+
+    ok = {"inferwatch.io/cooldown-until": "{}", "Example.COM/Mixed_Case.name-1": "x"}
+    status, dep = await call(kube, "PATCH", DEP, annotate(ok), STRATEGIC)
+    assert status == 200, dep
+    for bad in (
+        {"inferwatch.io/": "x"},  # empty name
+        {"/name": "x"},  # empty prefix
+        {"a/b/c": "x"},  # two slashes
+        {"under_score.io/name": "x"},  # the prefix is a DNS subdomain
+        {"inferwatch.io/-leading": "x"},
+        {"inferwatch.io/" + "n" * 64: "x"},  # a name of more than 63 characters
+        {"big": "v" * (256 * 1024)},  # all annotations together over 256 KiB
+    ):
+        status, body = await call(kube, "PATCH", DEP, annotate(bad), STRATEGIC)
+        assert (status, body["reason"]) == (422, "Invalid"), bad
+    status, body = await call(kube, "PATCH", DEP, annotate({"n": 1}), MERGE)
+    assert status == 400, body
+    # Removing one (null) is fine, and nothing invalid was ever stored.
+    gone = annotate({"Example.COM/Mixed_Case.name-1": None})
+    status, dep = await call(kube, "PATCH", DEP, gone, STRATEGIC)
+    assert status == 200
+    assert dep["metadata"]["annotations"] == {"inferwatch.io/cooldown-until": "{}"}

@@ -119,10 +119,12 @@ resolves its target (get the pod, its ReplicaSet, its Deployment) and records an
 {{- $ns = append $ns (dict "apiGroups" (list "autoscaling") "resources" (list "horizontalpodautoscalers") "verbs" (list "list" "patch")) }}
 {{- $ns = append $ns (dict "apiGroups" (list "keda.sh") "resources" (list "scaledobjects") "verbs" (list "list" "patch")) }}
 {{- end }}
-{{- if or $a.swapModel (and (include "inferwatch.remediator.leaderElection" .) (or $a.scale $a.restart $a.drain)) }}
-{{- /* swap_model patches the model; with leader election every action claims its alert in an
-  annotation on the target Deployment (a patch with a resourceVersion precondition) */}}
-{{- $ns = append $ns (dict "apiGroups" (list "apps") "resources" (list "deployments") "verbs" (list "patch")) }}
+{{- $ha := include "inferwatch.remediator.leaderElection" . }}
+{{- if or $a.swapModel (and $ha (or $a.scale $a.restart $a.drain)) }}
+{{- /* swap_model patches the model; with leader election every action keeps its claim, cooldown,
+  attempts and in-progress record in annotations on the target Deployment (patches with a
+  resourceVersion precondition), and a new leader lists the Deployments to adopt them */}}
+{{- $ns = append $ns (dict "apiGroups" (list "apps") "resources" (list "deployments") "verbs" (ternary (list "list" "patch") (list "patch") (not (empty $ha)))) }}
 {{- end }}
 {{- if $a.drainNode }}
 {{- /* Evictions only in the configured namespaces; finding the node's pods needs a cluster-wide list. */}}
