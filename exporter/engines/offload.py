@@ -43,6 +43,7 @@ class NormalizerProcess:
         self.name = name
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._warm: concurrent.futures.Future[None] | None = None
+        self._cannot_start: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -51,15 +52,28 @@ class NormalizerProcess:
         return warm is not None and warm.done() and warm.exception() is None
 
     def start(self) -> None:
-        """Start the process in the background (again, if the last one died); idempotent."""
+        """Start the process in the background (again, if the last one died); idempotent. Where
+        no process can start (no /dev/shm for its semaphores, a process limit), big expositions
+        stay on the collector's thread, said once in the log."""
         warm = self._warm
-        if warm is not None and not (warm.done() and warm.exception() is not None):
+        if self._cannot_start or (warm is not None and not (warm.done() and warm.exception())):
             return
         self.close()
-        # spawn: forking a process that runs threads and an event loop is not safe.
-        context = multiprocessing.get_context("spawn")
-        self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
-        self._warm = self._pool.submit(_warm_up)
+        try:
+            # spawn: forking a process that runs threads and an event loop is not safe.
+            context = multiprocessing.get_context("spawn")
+            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+            self._warm = self._pool.submit(_warm_up)
+        except (OSError, RuntimeError) as exc:
+            self.close()
+            self._cannot_start = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "%s: cannot start a normalizer process (%s); big expositions are normalized on "
+                "the collector's thread",
+                self.name,
+                self._cannot_start,
+            )
+            return
         log.info("%s: starting a process for expositions over the size limit", self.name)
 
     async def run(self, job: Callable[[], T]) -> T:
