@@ -6,8 +6,9 @@ one on PATH) scrapes one target per simulated node (8 H100s, 2 vLLM replicas at 
 (`job`, `instance`, `node`; honor_labels), and evaluates every rules/*.rules.yaml as found on disk
 when the bench starts, at kube-prometheus-stack's evaluation interval (30 s) unless a group sets
 its own. Node bodies are pre-rendered from the exporter's own vLLM normalization of a real vLLM
-capture (real bucket layouts, normalized names) plus the GPU, allocator and self-metrics families
-the exporter publishes; counters advance with time.
+capture (real bucket layouts, normalized names) plus the GPU (health included: 18 NVLink links,
+PCIe, row remapping), allocator and self-metrics families the exporter publishes for an H100;
+counters advance with time.
 
 History: selectors that look back (`offset`, or a range of an hour or more) need data the live
 minutes do not have, so the bench backfills those metrics with `promtool tsdb create-blocks-from
@@ -54,6 +55,7 @@ VLLM_FIXTURE = ROOT / "tests" / "fixtures" / "engines" / "vllm-3.txt"
 FIXTURE_MODEL = "qwen3.6-27b-autoround"
 SIZES = {1000: 250, 4000: 1000, 8000: 2000}  # GPUs -> vLLM replicas
 GPUS_PER_NODE = 8
+NVLINK_LINKS = 18  # an H100 SXM's
 TENSOR_PARALLEL = 4
 REPLICAS_PER_MODEL = 8
 NAMESPACES = 8
@@ -204,6 +206,23 @@ def node_series(fleet: Fleet, node: int) -> list[Series]:
             out.append(_series("inferwatch_gpu_throttle_active", {**d, "reason": reason}, 0))
         for kind in ("corrected", "uncorrected"):
             out.append(_series("inferwatch_gpu_ecc_errors_total", {**d, "type": kind}, 0))
+        # Health, as the exporter publishes it for an H100 (18 NVLink links, PCIe Gen5 x16).
+        for link in range(NVLINK_LINKS):
+            out.append(_series("inferwatch_gpu_nvlink_up", {**d, "link": str(link)}, 1))
+            for kind in ("crc_flit", "recovery", "replay"):
+                labels = {**d, "link": str(link), "type": kind}
+                out.append(_series("inferwatch_gpu_nvlink_errors_total", labels, 0))
+        for link, (generation, width) in {"current": (5, 16), "max": (5, 16)}.items():
+            out.append(
+                _series("inferwatch_gpu_pcie_link_generation", {**d, "link": link}, generation)
+            )
+            out.append(_series("inferwatch_gpu_pcie_link_width", {**d, "link": link}, width))
+        out.append(_series("inferwatch_gpu_pcie_replays_total", d, 0))
+        for bank in ("correctable", "uncorrectable"):
+            out.append(_series("inferwatch_gpu_remapped_rows", {**d, "bank": bank}, 0))
+        out.append(_series("inferwatch_gpu_row_remap_pending", d, 0))
+        out.append(_series("inferwatch_gpu_row_remap_failure", d, 0))
+        out.append(_series("inferwatch_gpu_recovery_action", {**d, "action": "none"}, 0))
         # One tensor-parallel rank of a replica on this GPU.
         replica = node * fleet.replicas_per_node + gpu // TENSOR_PARALLEL
         pod = {"namespace": _namespace(replica), "pod": f"vllm-{replica:05d}"}

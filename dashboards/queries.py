@@ -1,8 +1,11 @@
 """PromQL for the dashboards, apart from layout (kubernetes-mixin's queries/ split).
 
-Queries read the rules' recorded series wherever a rule computes the quantile or ratio (so a
+Queries read the rules' recorded series wherever a rule records the quantile or ratio (so a
 panel shows exactly what an alert evaluates, and GPU panels also work on dcgm-exporter data
-through rules/dcgm-compat.rules.yaml), and the normalized `inferwatch_*` series otherwise.
+through rules/dcgm-compat.rules.yaml), and the normalized `inferwatch_*` series otherwise: the
+rules record only what an alert or another record reads more than once (every record is a series
+per GPU, replica or model in Prometheus), so a panel computes the rest from the raw series of
+the targets it shows, with the alert's own formula where an alert reads it.
 Latency quantiles are per engine: engines have their own buckets and are never merged.
 Filters use the dashboard variables; "All" is `.*`, which also matches series without the
 label (no `namespace` on a single box).
@@ -56,21 +59,24 @@ generation_tokens_by_model = f"model:inferwatch_llm_generation_tokens:rate5m{{{L
 replicas_by_model = f"model:inferwatch_llm_replicas:count{{{LLM}}}"
 
 
-def model_quantile(histogram: str, q: int) -> str:
-    """A recorded per-model quantile (p50, p95, p99) of one of the four latency histograms."""
-    return f"model:{histogram}:p{q}_rate5m{{{LLM}}}"
-
-
 TTFT = "inferwatch_llm_time_to_first_token_seconds"
+
+
+def model_quantile(histogram: str, q: int) -> str:
+    """A per-model quantile (p50, p95, p99) of one of the four latency histograms: the recorded
+    p95 TTFT the TTFT alerts read, the others from the buckets of the models shown."""
+    if (histogram, q) == (TTFT, 95):
+        return f"model:{TTFT}:p95_rate5m{{{LLM}}}"
+    return quantile(q / 100, histogram, LLM, PER_MODEL)
+
+
 ITL = "inferwatch_llm_inter_token_latency_seconds"
 E2E = "inferwatch_llm_request_duration_seconds"
 QUEUE_TIME = "inferwatch_llm_request_queue_time_seconds"
 
 waiting_per_replica_by_model = f"model:inferwatch_llm_requests_waiting:avg{{{LLM}}}"
 running_per_replica_by_model = f"model:inferwatch_llm_requests_running:avg{{{LLM}}}"
-kv_usage_by_model = (
-    f"max by ({PER_MODEL}) (replica:inferwatch_llm_kv_cache_usage_ratio:max{{{LLM}}})"
-)
+kv_usage_by_model = f"max by ({PER_MODEL}) (inferwatch_llm_kv_cache_usage_ratio{{{LLM}}})"
 # Requests per replica now and 30 minutes ahead (Little's law on the arrival trend), as a share
 # of the replica's measured capacity (KV cache full, or the batch size seen while requests waited).
 capacity_used_by_model = (
@@ -114,18 +120,24 @@ REQUESTS = "inferwatch_llm_requests_total"
 requests_by_outcome = rate(REQUESTS, REPLICA, "target, outcome")
 finished_reasons = rate(REQUESTS, REPLICA, "model, finished_reason")
 prompt_tokens_by_replica = rate("inferwatch_llm_prompt_tokens_total", REPLICA, "target")
-generation_tokens_by_replica = f"replica:inferwatch_llm_generation_tokens:rate5m{{{REPLICA}}}"
-running_by_replica = f"replica:inferwatch_llm_requests_running:max{{{REPLICA}}}"
-waiting_by_replica = f"replica:inferwatch_llm_requests_waiting:max{{{REPLICA}}}"
-kv_usage_by_replica = f"replica:inferwatch_llm_kv_cache_usage_ratio:max{{{REPLICA}}}"
+generation_tokens_by_replica = rate("inferwatch_llm_generation_tokens_total", REPLICA, PER_REPLICA)
+
+
+def per_replica(gauge: str) -> str:
+    return f"max by ({PER_REPLICA}) ({gauge}{{{REPLICA}}})"
+
+
+running_by_replica = per_replica("inferwatch_llm_requests_running")
+waiting_by_replica = per_replica("inferwatch_llm_requests_waiting")
+kv_usage_by_replica = per_replica("inferwatch_llm_kv_cache_usage_ratio")
 prefix_cache_hit_ratio = (
     f"replica:inferwatch_llm_prefix_cache_hits_per_queries:ratio_rate30m{{{REPLICA}}}"
 )
 # What InferwatchLLMPrefixCacheHitRatioDrop compares: today's ratio over yesterday's.
 prefix_cache_vs_yesterday = f"{prefix_cache_hit_ratio} / ({prefix_cache_hit_ratio} offset 1d > 0.2)"
-preemptions_by_replica = f"replica:inferwatch_llm_preemptions:rate5m{{{REPLICA}}}"
-ttft_p95_by_replica = f"replica:inferwatch_llm_time_to_first_token_seconds:p95_rate5m{{{REPLICA}}}"
-itl_p95_by_replica = f"replica:inferwatch_llm_inter_token_latency_seconds:p95_rate5m{{{REPLICA}}}"
+preemptions_by_replica = rate("inferwatch_llm_preemptions_total", REPLICA, PER_REPLICA)
+ttft_p95_by_replica = quantile(0.95, TTFT, REPLICA, PER_REPLICA)
+itl_p95_by_replica = quantile(0.95, ITL, REPLICA, PER_REPLICA)
 latency_drift = f"replica:inferwatch_llm_latency_drift:ratio{{{REPLICA}}}"
 latency_vs_peers = f"replica:inferwatch_llm_latency_vs_peers:ratio{{{REPLICA}}}"
 ttft_p99_by_replica = quantile(0.99, TTFT, REPLICA, PER_REPLICA)
@@ -144,23 +156,27 @@ gpus_up = f"sum(uuid:inferwatch_gpu_up:max{{{GPU}}}) or vector(0)"
 gpus_lost = f"count(uuid:inferwatch_gpu_up:max{{{GPU}}} == 0) or vector(0)"
 gpu_up_by_gpu = f"uuid:inferwatch_gpu_up:max{{{GPU}}}"
 SLOWDOWN = "hw_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown|sw_thermal_slowdown"
+# Recorded only while active (the slowdown reasons only), for both GPU sources.
+THROTTLED = f'uuid_reason:inferwatch_gpu_throttle_active:max{{{GPU}, reason=~"{SLOWDOWN}"}}'
 # What InferwatchGPUThermalThrottling evaluates: share of the last 10 minutes slowed down.
 throttled_share_10m = (
-    f"avg_over_time(uuid_reason:inferwatch_gpu_throttle_active:max{{{GPU}, "
-    f'reason=~"{SLOWDOWN}"}}[10m])'
+    f"count_over_time({THROTTLED}[10m])"
+    f" / on(node, gpu, uuid) group_left() count_over_time(uuid:inferwatch_gpu_up:max{{{GPU}}}[10m])"
 )
-gpus_throttled = (
-    f"count(max by (node, gpu, uuid) (uuid_reason:inferwatch_gpu_throttle_active:max{{{GPU}, "
-    f'reason=~"{SLOWDOWN}"}}) == 1) or vector(0)'
+gpus_throttled = f"count(max by (node, gpu, uuid) ({THROTTLED})) or vector(0)"
+# Every reason the exporter reports (power cap, application clocks, ...), and the slowdowns
+# dcgm-exporter's bitmask gives for GPUs the exporter does not watch.
+throttle_reasons = (
+    "max by (node, gpu, uuid, reason) "
+    f'(inferwatch_gpu_throttle_active{{{GPU}, reason!="gpu_idle"}}) or {THROTTLED}'
 )
-throttle_reasons = f'uuid_reason:inferwatch_gpu_throttle_active:max{{{GPU}, reason!="gpu_idle"}}'
 utilization = f"uuid:inferwatch_gpu_utilization_ratio:max{{{GPU}}}"
 memory_copy_utilization = (
     f"max by (node, gpu) (inferwatch_gpu_memory_copy_utilization_ratio{{{GPU}}})"
 )
-memory_used_ratio = f"uuid:inferwatch_gpu_memory_used_per_total:ratio{{{GPU}}}"
 memory_used = f"uuid:inferwatch_gpu_memory_used_bytes:max{{{GPU}}}"
 memory_total = f"uuid:inferwatch_gpu_memory_total_bytes:max{{{GPU}}}"
+memory_used_ratio = f"{memory_used} / on(node, gpu, uuid) ({memory_total} > 0)"
 memory_reserved = f"max by (node, gpu) (inferwatch_gpu_memory_reserved_bytes{{{GPU}}})"
 process_memory_by_pod = (
     "sum by (node, gpu, namespace, pod) "
@@ -200,17 +216,28 @@ def allocator(kind: str, filters: str = ALLOCATOR) -> str:
     return f"sum by ({POD}) (inferwatch_cuda_allocator_{kind}_bytes{{{filters}}})"
 
 
-def process_ratio(name: str) -> str:
-    """A recorded per-process allocator ratio, worst container of each pod."""
-    return f"max by ({POD}) (process:inferwatch_cuda_allocator_{name}:ratio{{{CUDA}}})"
+def pool_all(kind: str) -> str:
+    """One allocator gauge of each process, general pools (what the alerts read)."""
+    return f"inferwatch_cuda_allocator_{kind}_bytes{{{ALLOCATOR}}}"
 
 
-external_fragmentation = process_ratio("external_fragmentation")
-split_fragmentation = process_ratio("split_fragmentation")
-reserved_unallocated = process_ratio("reserved_unallocated")
+# Per-process ratios as InferwatchCUDAFragmentationHigh computes them, worst container of each pod.
+# External fragmentation: the share of free (cached) memory outside the largest free block.
+external_fragmentation = (
+    f"max by ({POD}) (1 - {pool_all('largest_free_block')} / ({pool_all('free')} > 0)"
+    f" or {pool_all('free')} * 0)"
+)
+split_fragmentation = (
+    f"max by ({POD}) ({pool_all('inactive_split')} / clamp_min({pool_all('reserved')}, 1))"
+)
+reserved_unallocated = (
+    f"max by ({POD}) (({pool_all('reserved')} - {pool_all('allocated')})"
+    f" / clamp_min({pool_all('reserved')}, 1))"
+)
 # What InferwatchCUDAAllocRetries compares: retries per hour over 15 minutes.
 alloc_retries_per_hour = (
-    f"max by ({POD}) (process:inferwatch_cuda_allocator_alloc_retries:rate15m{{{CUDA}}}) * 3600"
+    f"max by ({POD}) (rate(inferwatch_cuda_allocator_alloc_retries_total{{{ALLOCATOR}}}[15m]))"
+    " * 3600"
 )
 ooms = rate("inferwatch_cuda_allocator_ooms_total", ALLOCATOR, POD)
 ooms_in_range = (

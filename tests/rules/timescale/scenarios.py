@@ -292,7 +292,11 @@ TWO_DAYS = Replay(
         fired(DROP, "warning", model=ASSIST),
     },
     exprs=[
-        _per_replica("round(replica:inferwatch_llm_up:maxMODEL)", "1d3h", 1),
+        _per_replica(
+            "round(max by (namespace, pod, engine, model, target) (inferwatch_llm_upMODEL))",
+            "1d3h",
+            1,
+        ),
         # Round-robin: each replica gets a quarter of the requests; 0.5 request/s each at night.
         _per_replica(
             "round(replica:inferwatch_llm_requests_per_model_requests:ratio_rate30mMODEL, 0.01)",
@@ -346,7 +350,8 @@ THREE_DAYS = Replay(
         f"{CHAT}: one replica creeps for 48 h from the start of day 2; drift fires within hours "
         "and keeps firing while the replica stays slow (3-4x its peers on day 3)",
         f"{RAG}: the same creep, and the slow pod is restarted at 16:00 on day 2 onto the same bad "
-        "node: the new pod is judged against its peers at once, the old pod's alert clears at once",
+        "node: the old pod's alert clears at once, the new pod is judged against its peers once "
+        "its counters cover one 30-minute window (not on its cold first requests)",
         f"{AGENT}: the same creep on all four replicas (a bad rollout): the peer test sees 1.0 and "
         "320 ms is far inside the SLO; the fleet baseline and the 3-day prefix-cache best catch it",
     ],
@@ -385,7 +390,8 @@ THREE_DAYS = Replay(
             fired(RISING, "warning", model=AGENT),
             fired(REGRESSION, "critical", model=AGENT),
         },
-        # The deleted pod's alert is gone at the next evaluation; the new pod fires within ~1 h.
+        # The deleted pod's alert is gone at the next evaluation; the new pod fires after one
+        # window (30m) and its 30m of for.
         40.1: {
             fired(DRIFT, "warning", model=CHAT, pod="chat-0"),
             fired(RISING, "warning", model=AGENT),
@@ -618,7 +624,11 @@ HALF_DAY = Replay(
     },
     exprs=[
         {
-            "expr": "round(process:inferwatch_cuda_allocator_reserved_unallocated_per_headroom:ratio, 0.01)",
+            # Cached-but-free memory against the GPU's headroom beyond the live set (what
+            # InferwatchCUDAFragmentationHigh compares with 0.5).
+            "expr": 'round((inferwatch_cuda_allocator_reserved_bytes{pool="all"} - inferwatch_cuda_allocator_allocated_bytes{pool="all"})'
+            ' / clamp_min(0 - inferwatch_cuda_allocator_allocated_bytes{pool="all"} + on(uuid) group_left()'
+            " max by (uuid) (uuid:inferwatch_gpu_memory_total_bytes:max), 1), 0.01)",
             "eval_time": "5h",
             "exp_samples": [
                 {
@@ -636,7 +646,8 @@ HALF_DAY = Replay(
             ],
         },
         {
-            "expr": "round(process:inferwatch_cuda_allocator_reserved_unallocated:ratio, 0.01)",
+            # ... and against what the allocator reserved (compared with 0.2).
+            "expr": 'round((inferwatch_cuda_allocator_reserved_bytes{pool="all"} - inferwatch_cuda_allocator_allocated_bytes{pool="all"}) / clamp_min(inferwatch_cuda_allocator_reserved_bytes{pool="all"}, 1), 0.01)',
             "eval_time": "5h",
             "exp_samples": [
                 {
