@@ -1163,27 +1163,9 @@ class FakeKubeApi:
     # -- leases -------------------------------------------------------------------------------
 
     async def _create_lease(self, request: web.Request) -> web.Response:
-        ns, lease = request.match_info["ns"], self._body()
-        if not isinstance(lease, dict) or lease.get("kind", "Lease") != "Lease":
-            raise ApiError(400, "BadRequest", "the body is not a Lease")
-        meta = lease.setdefault("metadata", {})
-        name = meta.get("name")
-        if not name:
-            raise ApiError(422, "Invalid", "metadata.name: Required value: name is required")
-        if meta.get("namespace", ns) != ns:
-            raise ApiError(400, "BadRequest", "the namespace of the object does not match")
-        if (ns, name) in self.leases:
-            raise ApiError(
-                409, "AlreadyExists", f'leases.coordination.k8s.io "{name}" already exists'
-            )
-        if meta.get("resourceVersion"):
-            raise ApiError(
-                422, "Invalid", "metadata.resourceVersion: resourceVersion should not be set"
-            )
-        meta["namespace"] = ns
-        lease.update(apiVersion="coordination.k8s.io/v1", kind="Lease")
-        self.leases[(ns, name)] = self._stamp(lease)
-        return web.json_response(lease, status=201)
+        return self._create_namespaced(
+            request, self.leases, "Lease", "coordination.k8s.io/v1", "leases.coordination.k8s.io"
+        )
 
     async def _replace_lease(self, request: web.Request) -> web.Response:
         key = (request.match_info["ns"], request.match_info["name"])
@@ -1205,27 +1187,47 @@ class FakeKubeApi:
     # -- config maps --------------------------------------------------------------------------
 
     async def _create_config_map(self, request: web.Request) -> web.Response:
-        ns, cm = request.match_info["ns"], self._body()
-        if not isinstance(cm, dict) or cm.get("kind", "ConfigMap") != "ConfigMap":
-            raise ApiError(400, "BadRequest", "the body is not a ConfigMap")
-        meta = cm.setdefault("metadata", {})
+        return self._create_namespaced(
+            request,
+            self.config_maps,
+            "ConfigMap",
+            "v1",
+            "configmaps",
+            validate=lambda cm: validate_config_map_data(cm.get("data")),
+        )
+
+    def _create_namespaced(
+        self,
+        request: web.Request,
+        store: dict[tuple[str, str], dict[str, Any]],
+        kind: str,
+        api_version: str,
+        resource: str,
+        validate: Callable[[dict[str, Any]], None] | None = None,
+    ) -> web.Response:
+        """POST of a namespaced object, with the checks the API server makes on every create."""
+        ns, obj = request.match_info["ns"], self._body()
+        if not isinstance(obj, dict) or obj.get("kind", kind) != kind:
+            raise ApiError(400, "BadRequest", f"the body is not a {kind}")
+        meta = obj.setdefault("metadata", {})
         name = meta.get("name")
         if not name:
             raise ApiError(422, "Invalid", "metadata.name: Required value: name is required")
         if meta.get("namespace", ns) != ns:
             raise ApiError(400, "BadRequest", "the namespace of the object does not match")
-        if (ns, name) in self.config_maps:
-            raise ApiError(409, "AlreadyExists", f'configmaps "{name}" already exists')
+        if (ns, name) in store:
+            raise ApiError(409, "AlreadyExists", f'{resource} "{name}" already exists')
         if meta.get("resourceVersion"):
             raise ApiError(
                 422, "Invalid", "metadata.resourceVersion: resourceVersion should not be set"
             )
         validate_annotations(meta.get("annotations"))
-        validate_config_map_data(cm.get("data"))
+        if validate is not None:
+            validate(obj)
         meta["namespace"] = ns
-        cm.update(apiVersion="v1", kind="ConfigMap")
-        self.config_maps[(ns, name)] = self._stamp(cm)
-        return web.json_response(cm, status=201)
+        obj.update(apiVersion=api_version, kind=kind)
+        store[(ns, name)] = self._stamp(obj)
+        return web.json_response(obj, status=201)
 
     async def _replace_config_map(self, request: web.Request) -> web.Response:
         """PUT: the ConfigMap strategy allows an unconditional update (no resourceVersion), but a

@@ -178,10 +178,7 @@ def alert_for(name: str, n: int) -> dict[str, Any]:
 async def test_two_replicas_act_once_and_survive_losing_the_leader(
     kube: FakeKubeApi, replicas: list[Replica]
 ) -> None:
-    by_name = {r.identity: r for r in replicas}
-    leader = by_name[await wait_for(lambda: holder(kube), within=30, what="a leader")]
-    follower = next(r for r in replicas if r is not leader)
-    await wait_for(lambda: _serving(follower), what="the follower serving")
+    leader, follower = await leader_and_follower(kube, replicas)
     assert await leader.metric("inferwatch_remediation_leader") == 1
     assert await follower.metric("inferwatch_remediation_leader") == 0
 
@@ -218,6 +215,17 @@ async def test_two_replicas_act_once_and_survive_losing_the_leader(
 
 async def _serving(replica: Replica) -> bool:
     return await replica.metric("inferwatch_remediation_leader") is not None
+
+
+async def leader_and_follower(
+    kube: FakeKubeApi, replicas: list[Replica]
+) -> tuple[Replica, Replica]:
+    """The replica holding the Lease, and the other once it serves."""
+    by_name = {r.identity: r for r in replicas}
+    leader = by_name[await wait_for(lambda: holder(kube), within=30, what="a leader")]
+    follower = next(r for r in replicas if r is not leader)
+    await wait_for(lambda: _serving(follower), what="the follower serving")
+    return leader, follower
 
 
 async def _handled_already(replica: Replica, count: int) -> bool:
@@ -386,10 +394,7 @@ async def test_the_leader_killed_mid_swap_the_new_one_records_it_and_swaps_back(
     playbooks = swap_playbooks(tmp_path)
     replicas = [Replica(tmp_path, kube, name, playbooks) for name in ("replica-a", "replica-b")]
     try:
-        by_name = {r.identity: r for r in replicas}
-        leader = by_name[await wait_for(lambda: holder(kube), within=30, what="a leader")]
-        follower = next(r for r in replicas if r is not leader)
-        await wait_for(lambda: _serving(follower), what="the follower serving")
+        leader, follower = await leader_and_follower(kube, replicas)
         await asyncio.gather(*(deliver(r, swap_alert()) for r in replicas))
 
         # Mid-action: the lighter model is rolling out, what to restore is on the Deployment.
@@ -430,10 +435,7 @@ async def test_the_leader_killed_mid_swap_the_new_one_records_it_and_swaps_back(
 async def test_a_cooldown_set_by_one_replica_holds_on_the_next_leader(
     kube: FakeKubeApi, replicas: list[Replica]
 ) -> None:
-    by_name = {r.identity: r for r in replicas}
-    leader = by_name[await wait_for(lambda: holder(kube), within=30, what="a leader")]
-    follower = next(r for r in replicas if r is not leader)
-    await wait_for(lambda: _serving(follower), what="the follower serving")
+    leader, follower = await leader_and_follower(kube, replicas)
     await deliver(leader, alert_for("web-0", 1))
     await wait_for(lambda: replicas_of(kube, "web-0") == 3, what="web-0 scaled")
     until = json.loads(
@@ -458,10 +460,7 @@ async def test_a_cooldown_set_by_one_replica_holds_on_the_next_leader(
 async def test_the_kill_switch_set_through_a_follower_stops_the_leader(
     kube: FakeKubeApi, replicas: list[Replica]
 ) -> None:
-    by_name = {r.identity: r for r in replicas}
-    leader = by_name[await wait_for(lambda: holder(kube), within=30, what="a leader")]
-    follower = next(r for r in replicas if r is not leader)
-    await wait_for(lambda: _serving(follower), what="the follower serving")
+    leader, follower = await leader_and_follower(kube, replicas)
     async with (
         aiohttp.ClientSession() as s,
         s.post(f"{follower.url}/killswitch", json={"enabled": True}, headers=AUTH) as resp,
@@ -487,10 +486,7 @@ async def test_a_real_alertmanager_routing_to_both_replicas_gets_one_action(
 ) -> None:
     """Alertmanager 0.25 with one receiver naming both replicas' addresses (what it does with a
     headless Service's pod addresses): both get the notification, the leader acts once."""
-    by_name = {r.identity: r for r in replicas}
-    leader = by_name[await wait_for(lambda: holder(kube), within=30, what="a leader")]
-    follower = next(r for r in replicas if r is not leader)
-    await wait_for(lambda: _serving(follower), what="the follower serving")
+    leader, follower = await leader_and_follower(kube, replicas)
     auth = {"authorization": {"type": "Bearer", "credentials": TOKEN}}
     config = {
         "route": {
@@ -605,10 +601,7 @@ async def test_an_autoscaler_minimum_raised_by_the_old_leader_is_restored_by_the
     kube: FakeKubeApi, replicas: list[Replica]
 ) -> None:
     kube.add_hpa("llm", "web-5", "web-5", min_replicas=2, max_replicas=6)
-    by_name = {r.identity: r for r in replicas}
-    leader = by_name[await wait_for(lambda: holder(kube), within=30, what="a leader")]
-    follower = next(r for r in replicas if r is not leader)
-    await wait_for(lambda: _serving(follower), what="the follower serving")
+    leader, follower = await leader_and_follower(kube, replicas)
     await deliver(leader, alert_for("web-5", 5))
     await wait_for(lambda: replicas_of(kube, "web-5") == 3, what="web-5 scaled by its HPA")
     assert kube.hpas[("llm", "web-5")]["spec"]["minReplicas"] == 3
