@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import ssl
 import sys
@@ -93,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"inferwatch-remediator: invalid config:\n{exc}", file=sys.stderr)
         return 2
     log.info("inferwatch-remediator %s listening on %s", __version__, cfg.listen)
+    # Everything loaded so far (modules, schemas, the app) lives as long as the process: out of
+    # the collector's sight, a full collection no longer walks it while acknowledgements wait.
+    gc.freeze()
     try:
         # SIGTERM/SIGINT: a graceful shutdown that drains the queue.
         asyncio.run(serve(app, ssl_context))
