@@ -37,9 +37,9 @@ from harness.services import LOOPBACK, ManagedProcess, free_port
 
 RATE = 1000  # notifications per second
 SECONDS = 10
-# The load alternates between the two servers in rounds, so that a change in machine load
+# The load takes turns between the two servers this often, so that a change in machine load
 # during the run hits both alike.
-WINDOW_SECONDS = 0.1  # the load switches side this often
+WINDOW_SECONDS = 0.1
 TARGETS = 10
 IDENTITIES = 200
 TOKEN = "bench-token"
@@ -243,10 +243,8 @@ def main() -> Summary:
         with bare, remediator:
             url, bare_url = f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{bare_port}"
             results = asyncio.run(load({"remediator": url, "bare": bare_url}, SECONDS))
-            (latencies, codes), (base_latencies, base_codes) = (
-                results["remediator"],
-                results["bare"],
-            )
+            latencies, codes = results["remediator"]
+            base_latencies, base_codes = results["bare"]
             actions = asyncio.run(settle(url))
     acted = [a for a in actions if a["result"] in ("succeeded", "failed", "dry_run")]
     per_target = Counter(a["target"] for a in acted)
